@@ -1,0 +1,1 @@
+"""Administration commands: database migrations, users, API keys and delivery."""

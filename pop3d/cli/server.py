@@ -1,0 +1,1 @@
+"""Server control commands: start, stop, reload and status."""

@@ -1,0 +1,159 @@
+"""The interfaces the session and the authenticator depend on, and the values that cross them.
+
+The session (pure POP3 semantics) and ``auth.py`` talk only to these protocols; PostgreSQL,
+memcached and statsd implement them in ``store/`` and ``adapters/``, and tests implement them in
+memory.  Every method may raise the errors of :mod:`pop3d.errors` and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """One message of a maildrop snapshot, as LIST, UIDL and STAT see it."""
+
+    email_id: str  # emails.id, a UUID in canonical text form
+    uidl: str  # 1-70 chars in 0x21-0x7E, stable forever
+    size: int  # exact octets RETR sends, before dot-stuffing and without the final ".CRLF"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a client presented at login.  The password never appears in a repr or a log."""
+
+    username: str
+    password: str = field(repr=False)
+    client_ip: str
+    mechanism: str  # "USER", "PLAIN" or "LOGIN"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A successfully authenticated user."""
+
+    user_id: str
+    key_id: str
+    address: str  # the user's primary address, for logs
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A user found by primary address or verified alias."""
+
+    user_id: str
+    address: str
+    disabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """An active (not revoked) API key of a user; the secret is only ever a bcrypt hash."""
+
+    key_id: str
+    bcrypt_hash: bytes = field(repr=False)
+    scopes: frozenset[str]
+
+
+class Authenticator(Protocol):
+    """Decides who a client is.  Runs off the worker's loop (it may take 50-250 ms)."""
+
+    def authenticate(self, credentials: Credentials) -> Principal:
+        """Return the principal, or raise AuthFailed ([AUTH]) or BackendUnavailable ([SYS/TEMP])."""
+        ...
+
+
+class CredentialStore(Protocol):
+    """The database side of authentication."""
+
+    def find_user(self, address: str) -> UserRecord | None:
+        """The user whose primary address or verified alias is ``address`` (case-insensitive)."""
+        ...
+
+    def candidate_keys(self, user_id: str, presented: str) -> list[KeyRecord]:
+        """Active keys that could match ``presented``: the one whose public prefix it starts
+        with, plus any key stored without a prefix."""
+        ...
+
+    def touch_keys(self, key_ids: Sequence[str]) -> None:
+        """Set ``last_used_at = now()`` on these keys (called off the request path, coalesced)."""
+        ...
+
+
+class Maildrop(Protocol):
+    """A user's mail, as POP3 sees it.  Every call is scoped to ``user_id``: a user never reaches
+    an email without a recipient row for them."""
+
+    def snapshot(self, user_id: str, limit: int) -> list[MessageInfo]:
+        """The user's messages, oldest first (received_at, then id), at most ``limit``."""
+        ...
+
+    def open_message(self, user_id: str, email_id: str) -> Iterator[bytes]:
+        """The exact RETR bytes (CRLF line ends, ending in CRLF, not dot-stuffed) in chunks.
+
+        Access is checked before this returns (raising MessageGone); the chunks are fetched
+        lazily as the iterator is pulled, so a large message is never held whole."""
+        ...
+
+    def open_top(self, user_id: str, email_id: str, lines: int) -> Iterator[bytes]:
+        """The headers, the blank line and the first ``lines`` body lines, like open_message."""
+        ...
+
+    def mark_read(self, user_id: str, email_id: str) -> None:
+        """Mark the user's recipient rows of this email read (RETR does, TOP does not)."""
+        ...
+
+    def delete(self, user_id: str, email_ids: Sequence[str]) -> None:
+        """Remove the user's recipient rows of these emails in one transaction, and the emails
+        (with attachments) that no user references any more.  All or nothing."""
+        ...
+
+
+class Registry(Protocol):
+    """Counts each user's live sessions across workers and hosts."""
+
+    def acquire(self, user_id: str, session_id: str, limit: int) -> bool:
+        """Claim a slot; False when the user already has ``limit`` sessions."""
+        ...
+
+    def release(self, user_id: str, session_id: str) -> None:
+        """Give the slot back; must be safe to call twice."""
+        ...
+
+
+class AuthCache(Protocol):
+    """Short-lived memory of authentication results, keyed by an HMAC of the credentials."""
+
+    def get(self, key: str) -> Principal | bool | None:
+        """A cached Principal, False for a cached failure, None when nothing is cached."""
+        ...
+
+    def put(self, key: str, result: Principal | bool, ttl: int) -> None:
+        """Remember a Principal, or False for a failure, for ``ttl`` seconds."""
+        ...
+
+
+class RateLimiter(Protocol):
+    """Counts authentication failures per client address."""
+
+    def is_blocked(self, client_ip: str) -> bool:
+        ...
+
+    def record_failure(self, client_ip: str) -> None:
+        ...
+
+
+class Metrics(Protocol):
+    """statsd-shaped counters, gauges and timers; names are relative to the configured prefix."""
+
+    def incr(self, name: str, count: int = 1) -> None:
+        ...
+
+    def gauge(self, name: str, value: float) -> None:
+        ...
+
+    def timing(self, name: str, milliseconds: float) -> None:
+        ...
