@@ -332,16 +332,17 @@ def _check_server(config: Config, c: _Collector) -> None:
 
 
 def _check_account(user: str, group: str, c: _Collector) -> None:
+    # A warning, not an error: the file may be checked on another host than the one it is for.
     try:
         if user:
             pwd.getpwnam(user)
     except KeyError:
-        c.error("server.user", f"no such user {user!r}")
+        c.warn("server.user", f"no such user {user!r} on this host; `pop3d start` would fail")
     try:
         if group:
             grp.getgrnam(group)
     except KeyError:
-        c.error("server.group", f"no such group {group!r}")
+        c.warn("server.group", f"no such group {group!r} on this host; `pop3d start` would fail")
 
 
 def _check_tls(config: Config, c: _Collector) -> None:

@@ -58,6 +58,7 @@ ensure_packages() {
     command -v psql >/dev/null || missing+=(postgresql-client)
     command -v memcached >/dev/null || missing+=(memcached)
     command -v openssl >/dev/null || missing+=(openssl)
+    command -v make-ssl-cert >/dev/null || missing+=(ssl-cert)
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
     PG_BIN=$(pg_bindir) || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
 }
@@ -183,6 +184,13 @@ make_tls() {
     log "self-signed certificate written to var/tls/cert.pem"
 }
 
+make_snakeoil() {
+    # Debian's default certificate, which conf/pop3d.toml (the production example) names.
+    [ -f /etc/ssl/certs/ssl-cert-snakeoil.pem ] && return 0
+    [ "$(id -u)" = 0 ] || return 0
+    make-ssl-cert generate-default-snakeoil && log "generated Debian's snakeoil certificate"
+}
+
 make_secret() {
     [ -f "$VAR/secret" ] && return 0
     (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$VAR/secret")
@@ -211,6 +219,7 @@ main() {
             pg_start
             mc_start
             make_tls
+            make_snakeoil
             make_secret
             write_env
             ;;

@@ -1,0 +1,1 @@
+"""Implementations of the ports over one third-party library each, plus in-process versions."""
