@@ -1,0 +1,88 @@
+"""The POP3 protocol engine, sans IO: bytes in, events out, replies back to bytes.
+
+Standard library only; no sockets, clocks, logging or operating-system calls, so every byte
+sequence can be replayed in a test.  See :mod:`pop3d.protocol.states` for the theory of
+operation.
+"""
+
+from pop3d.protocol.connection import Connection
+from pop3d.protocol.events import (
+    NEED_DATA,
+    PAUSED,
+    Auth,
+    BadCommand,
+    Body,
+    Capa,
+    Command,
+    Continue,
+    Dele,
+    Err,
+    Event,
+    LineTooLong,
+    List,
+    LocalProtocolError,
+    MultiLine,
+    Noop,
+    Ok,
+    Pass,
+    Pending,
+    Quit,
+    Reply,
+    Retr,
+    Rset,
+    SaslCancel,
+    SaslResponse,
+    Stat,
+    Stls,
+    Top,
+    Uidl,
+    User,
+    Utf8,
+)
+from pop3d.protocol.parser import MAX_LINE_LENGTH, SaslExchange, SaslLogin, parse_plain
+from pop3d.protocol.proxy import ProxyHeaderParser, ProxyResult
+from pop3d.protocol.states import SASL_MECHANISMS, State, capabilities
+
+__all__ = [
+    "MAX_LINE_LENGTH",
+    "NEED_DATA",
+    "PAUSED",
+    "SASL_MECHANISMS",
+    "Auth",
+    "BadCommand",
+    "Body",
+    "Capa",
+    "Command",
+    "Connection",
+    "Continue",
+    "Dele",
+    "Err",
+    "Event",
+    "LineTooLong",
+    "List",
+    "LocalProtocolError",
+    "MultiLine",
+    "Noop",
+    "Ok",
+    "Pass",
+    "Pending",
+    "ProxyHeaderParser",
+    "ProxyResult",
+    "Quit",
+    "Reply",
+    "Retr",
+    "Rset",
+    "SaslCancel",
+    "SaslExchange",
+    "SaslLogin",
+    "SaslResponse",
+    "Stat",
+    "State",
+    "Stls",
+    "Top",
+    "Uidl",
+    "User",
+    "Utf8",
+    "capabilities",
+    "parse_plain",
+]

@@ -1,0 +1,550 @@
+"""POP3 semantics over the ports: one :class:`Session` per client connection.
+
+The worker owns the socket, TLS, timers and the thread pool; it feeds bytes in and carries out
+the effects that come back (:class:`Send`, :class:`StartTls`, :class:`Authenticate`), as
+docs/INTERNALS.md describes.  The session owns the protocol :class:`Connection` and decides
+what each command means: login (USER/PASS and SASL share one path to the authenticator), the
+per-user registry slot, the maildrop snapshot and its DELE marks, UPDATE on QUIT, and the log
+lines and metrics of the session.  Store, registry and authenticator errors become replies
+through their ``.reply``; any other exception in a command is logged and answered with
+``-ERR Internal server error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, ClassVar
+
+from pop3d.errors import InUse, Pop3dError
+from pop3d.ports import Credentials, Maildrop, MessageInfo, Metrics, Principal, Registry
+from pop3d.protocol import Connection, LocalProtocolError, Pending, SaslExchange, SaslLogin, State
+from pop3d.protocol import events as ev
+from pop3d.protocol.parser import MAX_LINE_LENGTH
+from pop3d.protocol.states import LEGAL, SASL_MECHANISMS, capabilities
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "Internal server error"
+TLS_REQUIRED = "[AUTH] Plaintext login refused: TLS required"  # RFC 2595 §2.1, RFC 3206 [AUTH]
+_NOOP = ev.Ok()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    server_name: str
+    line_length: int = MAX_LINE_LENGTH
+    max_messages: int = 10000  # snapshot size limit, like the seed's MaxMessagesPerSession
+    max_bad_commands: int = 10  # consecutive bad commands before login, then close
+    max_connections_per_user: int = 5
+    failure_delay: float = 2.0  # seconds before a failed login is answered
+    login_delay: int = 0  # advertised as LOGIN-DELAY (RFC 2449 §6.8)
+    implementation: str = "pop3d"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    client_ip: str
+    tls: bool = False  # implicit TLS (port 995) already active
+    plaintext_ok: bool = False  # trusted network or allow_plaintext: login without TLS is fine
+    stls_available: bool = False  # the listener can upgrade with STLS
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    maildrop: Maildrop
+    registry: Registry
+    metrics: Metrics
+    clock: Callable[[], float] = time.monotonic  # seconds, only for durations
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    data: bytes | Iterator[bytes]
+    delay: float = 0.0
+    close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    credentials: Credentials
+
+
+Effect = Send | StartTls | Authenticate
+_Result = ev.Reply | Authenticate
+_Handler = Callable[["Session", Any], _Result]
+
+
+@dataclass(slots=True)
+class SessionCounters:
+    """What a session did, for its logout line."""
+
+    retr: int = 0
+    retr_bytes: int = 0
+    top: int = 0
+    top_bytes: int = 0
+    dele: int = 0
+    dele_bytes: int = 0
+
+
+class Mailbox:
+    """The snapshot taken at login, numbered from 1 and never renumbered, and its DELE marks."""
+
+    def __init__(self, user_id: str, messages: list[MessageInfo]) -> None:
+        self.user_id = user_id
+        self._messages = messages
+        self._marked: dict[int, MessageInfo] = {}
+        self._total = sum(message.size for message in messages)
+        self._marked_size = 0
+
+    def get(self, number: int) -> MessageInfo:
+        """A message that exists and is not marked deleted, or a Pop3dError saying why not."""
+        if not 1 <= number <= len(self._messages):
+            raise Pop3dError(reply=f"No message {number} (maildrop has {len(self._messages)})")
+        if number in self._marked:
+            raise Pop3dError(reply=f"Message {number} is marked deleted")
+        return self._messages[number - 1]
+
+    def mark(self, number: int) -> None:
+        message = self.get(number)
+        self._marked[number] = message
+        self._marked_size += message.size
+
+    def reset(self) -> None:
+        self._marked.clear()
+        self._marked_size = 0
+
+    def totals(self) -> tuple[int, int]:
+        """Count and octets of the messages not marked deleted (STAT)."""
+        return len(self._messages) - len(self._marked), self._total - self._marked_size
+
+    def live(self) -> list[tuple[int, MessageInfo]]:
+        marked = self._marked
+        return [(n, m) for n, m in enumerate(self._messages, 1) if n not in marked]
+
+    def marked(self) -> list[MessageInfo]:
+        return [self._marked[number] for number in sorted(self._marked)]
+
+
+# statsd names: ``commands.<verb>`` counts every command, with verbs from the command table
+# and "unknown" for everything else, a bounded set (ARCHITECTURE §5).  ``command.<verb>``
+# times only the commands that wait on the store (RETR and TOP until the first chunk, QUIT
+# with its UPDATE): the others take microseconds, and a timer each would double statsd traffic.
+_TIMED = frozenset({ev.Retr, ev.Top, ev.Quit})
+
+
+class Session:
+    """One client's POP3 session, driven by the worker through bytes and effects."""
+
+    # event type -> (handler, counter, timer); SASL lines and errors have no fixed names
+    _ROUTES: ClassVar[dict[type[ev.Event], tuple[_Handler, str | None, str | None]]]
+
+    def __init__(
+        self, settings: SessionSettings, services: Services, peer: Peer, session_id: str
+    ) -> None:
+        self._settings, self._peer, self._id = settings, peer, session_id
+        self._maildrop, self._registry = services.maildrop, services.registry
+        self._metrics, self._clock = services.metrics, services.clock
+        self._conn = Connection(settings.line_length)
+        self._started = self._clock()
+        self._tls = peer.tls
+        self._username: str | None = None  # from USER, until PASS
+        self._sasl: SaslExchange | None = None
+        self._attempt: Credentials | None = None  # while an Authenticate is outstanding
+        self._principal: Principal | None = None
+        self._box: Mailbox | None = None
+        self._bad_commands = 0
+        self._streaming = False  # a RETR/TOP body is still being pulled
+        self._end_reason: str | None = None
+        self._finished = False
+        self._counters = SessionCounters()
+
+    # -- the worker's API (docs/INTERNALS.md) --------------------------------------------------
+
+    @property
+    def authenticated(self) -> bool:
+        return self._box is not None
+
+    @property
+    def counters(self) -> SessionCounters:
+        return replace(self._counters)
+
+    @property
+    def buffered(self) -> int:
+        """Octets received but not yet consumed; the worker stops reading while this is large."""
+        return self._conn.buffered
+
+    def greeting(self) -> bytes:
+        return self._conn.send(ev.Ok(f"{self._settings.server_name} POP3 server ready"))
+
+    def feed(self, data: bytes) -> None:
+        self._conn.receive_data(data)
+
+    def next_effect(self) -> Effect | None:
+        """The next thing to do, or None: more input needed, or an earlier effect is still
+        running (including a RETR/TOP body not yet pulled to its end: commands after it wait,
+        so a pipelined DELE/QUIT cannot delete a message that is still being sent)."""
+        if self._streaming or self._finished:
+            return None
+        event = self._conn.next_event()
+        if isinstance(event, Pending):
+            return None
+        return self._effect(self._dispatch(event))
+
+    def login_done(self, result: Principal | Exception) -> Send:
+        """The outcome of the Authenticate effect: the principal, or the error it raised."""
+        attempt, self._attempt = self._attempt, None
+        if attempt is None:
+            raise LocalProtocolError("login_done() without an outstanding Authenticate")
+        if self._finished:
+            return Send(b"", close=True)
+        if isinstance(result, Principal):
+            try:
+                reply = self._log_in(result, attempt.mechanism)
+            except Exception as error:
+                reply = ev.Err(self._reply_for(error, "login"))
+            return self._send(self._conn.send(reply))
+        self._metrics.incr("auth.failures")
+        log.info(
+            "login failed user=%r method=%s ip=%s session=%s: %s",
+            attempt.username, attempt.mechanism, attempt.client_ip, self._id,
+            result.reply if isinstance(result, Pop3dError) else type(result).__name__,
+        )  # fmt: skip
+        reply = ev.Err(self._reply_for(result, "authentication"))
+        return self._send(self._conn.send(reply), self._settings.failure_delay)
+
+    def tls_started(self) -> None:
+        """The STLS handshake succeeded: drop what was buffered before it, forget USER."""
+        self._conn.tls_started()
+        self._tls = True
+        self._username = None
+
+    def close(self, reason: str = "closed") -> None:
+        """End the session without UPDATE (EOF, timeout, shutdown); safe to call again."""
+        self._finish(reason)
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def _dispatch(self, event: ev.Event) -> _Result:
+        handler, counter, timer = self._ROUTES[type(event)]
+        started = self._clock() if timer is not None else 0.0
+        strikes = self._bad_commands
+        try:
+            result = handler(self, event)
+        except Exception as error:
+            result = ev.Err(self._reply_for(error, type(event).__name__))
+        if self._bad_commands == strikes:
+            self._bad_commands = 0  # the budget is for consecutive bad commands
+        if counter is None and isinstance(event, ev.BadCommand):
+            counter = f"commands.{(event.verb or 'unknown').lower()}"
+        if counter is not None:
+            self._metrics.incr(counter)
+        if timer is not None:
+            self._metrics.timing(timer, (self._clock() - started) * 1000.0)
+        return result
+
+    def _reply_for(self, error: Exception, context: str) -> str:
+        """The one place where errors become reply text; unexpected ones are logged."""
+        if isinstance(error, Pop3dError):
+            return error.reply
+        log.exception("session %s: %s in %s", self._id, type(error).__name__, context)
+        return INTERNAL_ERROR
+
+    def _effect(self, result: _Result) -> Effect:
+        if isinstance(result, Authenticate):
+            return result
+        if isinstance(result, ev.Body):
+            return self._send(self._conn.send_stream(result))
+        data = self._conn.send(result)
+        state = self._conn.state
+        if state is State.TRANSACTION and self._end_reason is None:
+            return Send(data)  # the common case, with nothing to tidy up
+        if state is State.TLS_HANDSHAKE:
+            return StartTls(data)
+        return self._send(data)
+
+    def _send(self, data: bytes | Iterator[bytes], delay: float = 0.0) -> Send:
+        state = self._conn.state
+        if state is not State.SASL:
+            self._sasl = None
+        if self._end_reason is None and state is not State.CLOSED:
+            return Send(data, delay)
+        self._finish(self._end_reason or "closed")
+        return Send(data, delay, close=True)
+
+    def _finish(self, reason: str) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._conn.close()
+        if self._box is None or self._principal is None:
+            log.debug("session %s: closed before login (%s)", self._id, reason)
+            return
+        self._release(self._box.user_id)
+        c = self._counters
+        log.info(
+            "logout user=%s reason=%s retr=%d/%d top=%d/%d dele=%d/%d duration=%.3f session=%s",
+            self._principal.address, reason, c.retr, c.retr_bytes, c.top, c.top_bytes,
+            c.dele, c.dele_bytes, self._clock() - self._started, self._id,
+        )  # fmt: skip
+
+    def _release(self, user_id: str) -> None:
+        try:
+            self._registry.release(user_id, self._id)
+        except Exception as error:
+            log.warning("session %s: registry release failed: %s", self._id, error)
+
+    # -- AUTHORIZATION ----------------------------------------------------------------------------
+
+    def _capa(self, event: ev.Capa) -> ev.Reply:
+        lines = capabilities(
+            logged_in=self._box is not None,
+            plaintext_ok=self._plaintext_ok(),
+            stls=self._peer.stls_available and not self._tls,
+            login_delay=self._settings.login_delay,
+            implementation=self._settings.implementation,
+        )
+        return ev.MultiLine("Capability list follows", lines)
+
+    def _plaintext_ok(self) -> bool:
+        return self._tls or self._peer.plaintext_ok
+
+    def _require_plaintext_ok(self) -> None:
+        if not self._plaintext_ok():
+            raise Pop3dError(reply=TLS_REQUIRED)
+
+    def _user(self, event: ev.User) -> ev.Reply:
+        self._require_plaintext_ok()
+        self._username = event.name
+        return ev.Ok("Send PASS")
+
+    def _pass(self, event: ev.Pass) -> _Result:
+        self._require_plaintext_ok()
+        username, self._username = self._username, None
+        if username is None:
+            return self._strike("Send USER first")
+        return self._authenticate(username, event.password, "USER")
+
+    def _auth(self, event: ev.Auth) -> _Result:
+        if event.mechanism is None:  # RFC 1734 style probe, still sent by old Outlook
+            offered = SASL_MECHANISMS if self._plaintext_ok() else ()
+            return ev.MultiLine("Supported mechanisms follow", offered)
+        if event.mechanism not in SASL_MECHANISMS:
+            return ev.Err("Unsupported authentication mechanism")
+        self._require_plaintext_ok()
+        self._sasl = SaslExchange(event.mechanism)
+        return self._sasl_result(self._sasl.start(event.initial_response))
+
+    def _sasl_response(self, event: ev.SaslResponse) -> _Result:
+        if self._sasl is None:
+            raise LocalProtocolError("a SASL response outside an AUTH exchange")
+        return self._sasl_result(self._sasl.step(event.data))
+
+    def _sasl_cancel(self, event: ev.SaslCancel) -> ev.Reply:
+        return ev.Err("Authentication cancelled")
+
+    def _sasl_result(self, result: ev.Continue | ev.Err | SaslLogin) -> _Result:
+        if isinstance(result, SaslLogin):
+            return self._authenticate(result.username, result.password, result.mechanism)
+        return result
+
+    def _authenticate(self, username: str, password: str, mechanism: str) -> Authenticate:
+        self._attempt = Credentials(username, password, self._peer.client_ip, mechanism)
+        self._metrics.incr("auth.attempts")
+        return Authenticate(self._attempt)
+
+    def _log_in(self, principal: Principal, mechanism: str) -> ev.Reply:
+        limit = self._settings.max_connections_per_user
+        if not self._registry.acquire(principal.user_id, self._id, limit):
+            self._metrics.incr("in_use")
+            return ev.Err(InUse.reply)
+        try:
+            messages = self._maildrop.snapshot(principal.user_id, self._settings.max_messages)
+        except BaseException:
+            self._release(principal.user_id)
+            raise
+        self._principal, self._box = principal, Mailbox(principal.user_id, messages)
+        log.info(
+            "login user=%s method=%s ip=%s tls=%s session=%s",
+            principal.address, mechanism, self._peer.client_ip,
+            "yes" if self._tls else "no", self._id,
+        )  # fmt: skip
+        count, size = self._box.totals()
+        return ev.Ok(f"Logged in, {count} messages ({size} octets)")
+
+    def _stls(self, event: ev.Stls) -> ev.Reply:
+        if self._tls:
+            return ev.Err("Already using TLS")
+        if not self._peer.stls_available:
+            return ev.Err("STLS is not available on this connection")
+        return ev.Ok("Begin TLS negotiation")
+
+    def _utf8(self, event: ev.Utf8) -> ev.Reply:
+        return ev.Ok("UTF-8 enabled")  # RFC 6856 §3: we never downgrade, so nothing changes
+
+    def _bad_command(self, event: ev.BadCommand) -> ev.Reply:
+        return self._strike(event.reason)
+
+    def _strike(self, reason: str) -> ev.Err:
+        if self._box is not None:
+            return ev.Err(reason)  # after login the budget no longer applies
+        self._bad_commands += 1
+        if self._bad_commands < self._settings.max_bad_commands:
+            return ev.Err(reason)
+        self._end_reason = "too many bad commands"
+        return ev.Err(f"{reason}; too many bad commands, closing connection")
+
+    def _line_too_long(self, event: ev.LineTooLong) -> ev.Reply:
+        self._end_reason = "line too long"
+        return ev.Err(event.reason)
+
+    def _quit(self, event: ev.Quit) -> ev.Reply:
+        self._end_reason = "quit"
+        farewell = f"{self._settings.server_name} POP3 server signing off"
+        box = self._box
+        if box is None:
+            return ev.Ok(farewell)
+        doomed = box.marked()
+        if doomed:
+            try:
+                self._maildrop.delete(box.user_id, [message.email_id for message in doomed])
+            except Exception:
+                self._end_reason = "quit, update failed"
+                raise
+            self._metrics.incr("messages.deleted", len(doomed))
+        self._counters.dele = len(doomed)
+        self._counters.dele_bytes = sum(message.size for message in doomed)
+        return ev.Ok(f"{farewell} ({len(doomed)} messages deleted)")
+
+    # -- TRANSACTION ----------------------------------------------------------------------------
+
+    def _mailbox(self) -> Mailbox:
+        if self._box is None:
+            raise LocalProtocolError("a TRANSACTION command before login")
+        return self._box
+
+    def _stat(self, event: ev.Stat) -> ev.Reply:
+        count, size = self._mailbox().totals()
+        return ev.Ok(f"{count} {size}")
+
+    def _list(self, event: ev.List) -> ev.Reply:
+        box = self._mailbox()
+        if event.msg is not None:
+            return ev.Ok(f"{event.msg} {box.get(event.msg).size}")
+        count, size = box.totals()
+        lines = tuple([f"{n} {message.size}" for n, message in box.live()])
+        return ev.MultiLine(f"{count} messages ({size} octets)", lines)
+
+    def _uidl(self, event: ev.Uidl) -> ev.Reply:
+        box = self._mailbox()
+        if event.msg is not None:
+            return ev.Ok(f"{event.msg} {box.get(event.msg).uidl}")
+        lines = tuple([f"{n} {message.uidl}" for n, message in box.live()])
+        return ev.MultiLine("Unique-id listing follows", lines)
+
+    def _retr(self, event: ev.Retr) -> ev.Reply:
+        box = self._mailbox()
+        message = box.get(event.msg)
+        chunks = self._maildrop.open_message(box.user_id, message.email_id)
+        return ev.Body(
+            f"{message.size} octets", self._watch(chunks, partial(self._retrieved, message))
+        )
+
+    def _top(self, event: ev.Top) -> ev.Reply:
+        box = self._mailbox()
+        message = box.get(event.msg)
+        chunks = self._maildrop.open_top(box.user_id, message.email_id, event.lines)
+        return ev.Body("Top of message follows", self._watch(chunks, self._topped))
+
+    def _dele(self, event: ev.Dele) -> ev.Reply:
+        self._mailbox().mark(event.msg)
+        return ev.Ok(f"Message {event.msg} deleted")
+
+    def _noop(self, event: ev.Noop) -> ev.Reply:
+        return _NOOP
+
+    def _rset(self, event: ev.Rset) -> ev.Reply:
+        box = self._mailbox()
+        box.reset()
+        count, size = box.totals()
+        return ev.Ok(f"Maildrop has {count} messages ({size} octets)")
+
+    # -- message bodies -------------------------------------------------------------------------
+
+    def _watch(self, chunks: Iterator[bytes], done: Callable[[int], None]) -> Iterator[bytes]:
+        """Pull the first chunk now, so a missing message is still a plain -ERR, and call
+        ``done`` only once the body has been pulled to its end (an aborted RETR is not read)."""
+        chunks = iter(chunks)
+        first = next(chunks, None)
+        self._streaming = True
+        return self._pull(first, chunks, done)
+
+    def _pull(
+        self, first: bytes | None, chunks: Iterator[bytes], done: Callable[[int], None]
+    ) -> Iterator[bytes]:
+        try:
+            sent = 0
+            if first is not None:
+                sent = len(first)
+                yield first
+                for chunk in chunks:
+                    sent += len(chunk)
+                    yield chunk
+            done(sent)
+        finally:
+            self._streaming = False
+
+    def _retrieved(self, message: MessageInfo, sent: int) -> None:
+        self._counters.retr += 1
+        self._counters.retr_bytes += sent
+        self._metrics.incr("messages.retrieved")
+        self._metrics.incr("bytes.sent", sent)
+        try:
+            self._maildrop.mark_read(self._mailbox().user_id, message.email_id)
+        except Exception as error:  # the message went out; only the read flag is lost
+            log.warning("session %s: marking a message read failed: %r", self._id, error)
+
+    def _topped(self, sent: int) -> None:
+        self._counters.top += 1
+        self._counters.top_bytes += sent
+        self._metrics.incr("bytes.sent", sent)
+
+
+_HANDLERS: dict[type[ev.Event], _Handler] = {
+    ev.Capa: Session._capa,
+    ev.User: Session._user,
+    ev.Pass: Session._pass,
+    ev.Auth: Session._auth,
+    ev.Stls: Session._stls,
+    ev.Utf8: Session._utf8,
+    ev.Quit: Session._quit,
+    ev.Stat: Session._stat,
+    ev.List: Session._list,
+    ev.Retr: Session._retr,
+    ev.Dele: Session._dele,
+    ev.Noop: Session._noop,
+    ev.Rset: Session._rset,
+    ev.Uidl: Session._uidl,
+    ev.Top: Session._top,
+    ev.SaslResponse: Session._sasl_response,
+    ev.SaslCancel: Session._sasl_cancel,
+    ev.BadCommand: Session._bad_command,
+    ev.LineTooLong: Session._line_too_long,
+}
+_COMMANDS = LEGAL[State.AUTHORIZATION] | LEGAL[State.TRANSACTION]
+Session._ROUTES = {
+    event: (
+        handler,
+        f"commands.{event.__name__.lower()}" if event in _COMMANDS else None,
+        f"command.{event.__name__.lower()}" if event in _TIMED else None,
+    )
+    for event, handler in _HANDLERS.items()
+}

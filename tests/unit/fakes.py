@@ -1,0 +1,177 @@
+"""In-memory fakes of the ports in pop3d.ports, for pure tests of the session and its users.
+
+Each fake records what it was asked and can be told to fail: ``fake.fail("snapshot",
+StoreUnavailable())`` makes the next and every later ``snapshot`` call raise that error, until
+``fake.heal("snapshot")``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from pop3d.errors import AuthFailed, MessageGone
+from pop3d.ports import Credentials, MessageInfo, Principal
+
+
+class _Failing:
+    """Mixin: named methods can be made to raise a chosen error."""
+
+    def __init__(self) -> None:
+        self.failures: dict[str, BaseException] = {}
+
+    def fail(self, method: str, error: BaseException) -> None:
+        if not hasattr(self, method):
+            raise AttributeError(f"{type(self).__name__} has no method {method!r}")
+        self.failures[method] = error
+
+    def heal(self, method: str) -> None:
+        self.failures.pop(method, None)
+
+    def _check(self, method: str) -> None:
+        error = self.failures.get(method)
+        if error is not None:
+            raise error
+
+
+@dataclass
+class StoredMessage:
+    email_id: str
+    uidl: str
+    content: bytes  # the exact RETR octets: CRLF line ends, ending in CRLF
+
+    def info(self) -> MessageInfo:
+        return MessageInfo(self.email_id, self.uidl, len(self.content))
+
+
+def top_of(content: bytes, lines: int) -> bytes:
+    """Headers, the blank line and the first ``lines`` body lines, as a store would cut them."""
+    head, blank, body = content.partition(b"\r\n\r\n")
+    if not blank:
+        return content
+    kept = body.split(b"\r\n")[:-1][:lines]
+    return head + blank + b"".join(line + b"\r\n" for line in kept)
+
+
+class FakeMaildrop(_Failing):
+    def __init__(self, mailboxes: dict[str, list[StoredMessage]] | None = None) -> None:
+        super().__init__()
+        self.mailboxes: dict[str, list[StoredMessage]] = mailboxes or {}
+        self.chunk_size = 7  # small, so dot-stuffing meets many chunk boundaries
+        self.break_after_chunks: int | None = None  # raise mid-stream after this many chunks
+        self.read: list[str] = []
+        self.deleted: list[str] = []
+        self.delete_calls = 0
+        self.opened: list[str] = []
+
+    def snapshot(self, user_id: str, limit: int) -> list[MessageInfo]:
+        self._check("snapshot")
+        return [message.info() for message in self.mailboxes.get(user_id, [])[:limit]]
+
+    def open_message(self, user_id: str, email_id: str) -> Iterator[bytes]:
+        self._check("open_message")
+        return self._chunks(self._find(user_id, email_id).content)
+
+    def open_top(self, user_id: str, email_id: str, lines: int) -> Iterator[bytes]:
+        self._check("open_top")
+        return self._chunks(top_of(self._find(user_id, email_id).content, lines))
+
+    def mark_read(self, user_id: str, email_id: str) -> None:
+        self._check("mark_read")
+        self._find(user_id, email_id)
+        self.read.append(email_id)
+
+    def delete(self, user_id: str, email_ids: Sequence[str]) -> None:
+        self.delete_calls += 1
+        self._check("delete")
+        doomed = set(email_ids)
+        box = self.mailboxes.get(user_id, [])
+        self.mailboxes[user_id] = [m for m in box if m.email_id not in doomed]
+        self.deleted.extend(email_ids)
+
+    def _find(self, user_id: str, email_id: str) -> StoredMessage:
+        for message in self.mailboxes.get(user_id, []):
+            if message.email_id == email_id:
+                self.opened.append(email_id)
+                return message
+        raise MessageGone(email_id)
+
+    def _chunks(self, content: bytes) -> Iterator[bytes]:
+        for count, start in enumerate(range(0, len(content), self.chunk_size)):
+            if self.break_after_chunks is not None and count >= self.break_after_chunks:
+                raise RuntimeError("the store went away mid-message")
+            yield content[start : start + self.chunk_size]
+
+
+class FakeRegistry(_Failing):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions: dict[str, set[str]] = {}
+        self.released: list[tuple[str, str]] = []
+
+    def acquire(self, user_id: str, session_id: str, limit: int) -> bool:
+        self._check("acquire")
+        held = self.sessions.setdefault(user_id, set())
+        if session_id not in held and len(held) >= limit:
+            return False
+        held.add(session_id)
+        return True
+
+    def release(self, user_id: str, session_id: str) -> None:
+        self.released.append((user_id, session_id))
+        self._check("release")
+        self.sessions.get(user_id, set()).discard(session_id)
+
+    def fill(self, user_id: str, count: int) -> None:
+        """Pretend ``count`` other sessions of this user are live."""
+        self.sessions.setdefault(user_id, set()).update(f"other:{n}" for n in range(count))
+
+
+@dataclass
+class FakeMetrics:
+    counters: Counter[str] = field(default_factory=Counter)
+    gauges: dict[str, float] = field(default_factory=dict)
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+    def incr(self, name: str, count: int = 1) -> None:
+        self.counters[name] += count
+
+    def gauge(self, name: str, value: float) -> None:
+        self.gauges[name] = value
+
+    def timing(self, name: str, milliseconds: float) -> None:
+        self.timings.append((name, milliseconds))
+
+
+class FakeAuthenticator(_Failing):
+    """Knows users by lower-cased address; every failure is AuthFailed, like the real one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.users: dict[str, tuple[str, Principal]] = {}
+        self.calls: list[Credentials] = []
+
+    def add_user(self, address: str, password: str, user_id: str) -> Principal:
+        principal = Principal(user_id=user_id, key_id=f"key-{user_id}", address=address)
+        self.users[address.lower()] = (password, principal)
+        return principal
+
+    def authenticate(self, credentials: Credentials) -> Principal:
+        self.calls.append(credentials)
+        self._check("authenticate")
+        known = self.users.get(credentials.username.lower())
+        if known is None or known[0] != credentials.password:
+            raise AuthFailed(f"bad credentials for {credentials.username!r}")
+        return known[1]
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
