@@ -1,0 +1,130 @@
+"""Storing one incoming message for its envelope recipients (``pop3d deliver``).
+
+All or nothing: the email row, its attachments and one recipient row per envelope recipient
+are written in one transaction, and only after every recipient has been resolved to a user, so
+an MTA that is told "no such user" or "try again" can be sure nothing was stored.  The size
+column is computed here by the same code that produces RETR's bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import psycopg2
+
+from pop3d.errors import NoSuchUser, StorePermanentError
+from pop3d.ports import UserRecord
+from pop3d.store.accounts import InvalidAddress, check_address, find_user
+from pop3d.store.db import Cursor, Database
+from pop3d.store.maildrop import RAW_SLICE
+from pop3d.store.normalize import retr_octets
+from pop3d.store.parse import ParsedMessage, check_raw, parse_message
+
+_INSERT_EMAIL = """
+INSERT INTO emails (message_id, from_address, from_name, subject, text_body, html_body,
+                    in_reply_to, references_header, raw, size)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id::text
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Recipient:
+    address: str
+    user_id: str
+    kind: str  # "to", "cc" or "bcc"
+    display_name: str | None
+
+
+def deliver(db: Database, raw: bytes, recipients: Sequence[str]) -> str:
+    """Store ``raw`` for the envelope ``recipients``; return the new email's id.
+
+    Raises BadMessage (empty, no header section), NoSuchUser (naming every unknown recipient;
+    nothing stored), StoreUnavailable or StorePermanentError.
+    """
+    envelope = _envelope(recipients)
+    raw = check_raw(raw)
+    parsed = parse_message(raw)
+    size = sum(len(chunk) for chunk in retr_octets(_slices(raw)))
+    return db.run(functools.partial(
+        _store, raw=raw, size=size, parsed=parsed, envelope=envelope))
+
+
+def _envelope(recipients: Sequence[str]) -> list[str]:
+    unique: dict[str, str] = {}
+    bad = []
+    for text in recipients:
+        try:
+            address = check_address(text)
+        except InvalidAddress:
+            bad.append(text)
+            continue
+        unique.setdefault(address.lower(), address)
+    if bad:
+        raise NoSuchUser("no such user: " + ", ".join(bad))
+    if not unique:
+        raise NoSuchUser("no envelope recipient")
+    return list(unique.values())
+
+
+def _slices(raw: bytes) -> Iterator[bytes]:
+    # The slices RETR reads from the database, so the size is computed exactly as sent.
+    view = memoryview(raw)
+    for start in range(0, len(raw), RAW_SLICE):
+        yield bytes(view[start:start + RAW_SLICE])
+
+
+def _store(cur: Cursor, *, raw: bytes, size: int, parsed: ParsedMessage,
+           envelope: list[str]) -> str:
+    recipients = _resolve(cur, envelope, parsed)
+    p = parsed
+    cur.execute(_INSERT_EMAIL, (
+        p.message_id, p.from_address, p.from_name, p.subject, p.text_body, p.html_body,
+        p.in_reply_to, p.references, psycopg2.Binary(raw), size))
+    row = cur.fetchone()
+    if row is None:
+        raise StorePermanentError("INSERT returned no row")
+    email_id = str(row[0])
+    for position, attachment in enumerate(parsed.attachments):
+        cur.execute(
+            "INSERT INTO email_attachments (email_id, position, file_name, content_type,"
+            " content, size) VALUES (%s, %s, %s, %s, %s, %s)",
+            (email_id, position, attachment.file_name, attachment.content_type,
+             psycopg2.Binary(attachment.content), len(attachment.content)))
+    for r in recipients:
+        cur.execute(
+            "INSERT INTO email_recipients (email_id, user_id, address, display_name, kind)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            (email_id, r.user_id, r.address, r.display_name, r.kind))
+    return email_id
+
+
+def _resolve(cur: Cursor, envelope: list[str], parsed: ParsedMessage) -> list[_Recipient]:
+    resolved, unknown = [], []
+    for address in envelope:
+        user = find_user(cur, address)
+        if user is None:
+            unknown.append(address)
+            continue
+        kind, name = _listing(cur, parsed, address, user)
+        resolved.append(_Recipient(address, user.user_id, kind, name))
+    if unknown:
+        raise NoSuchUser("no such user: " + ", ".join(unknown))
+    return resolved
+
+
+def _listing(cur: Cursor, parsed: ParsedMessage, address: str,
+             user: UserRecord) -> tuple[str, str | None]:
+    """How To/Cc name this recipient: by the envelope address, or (after an MTA's alias
+    expansion) by another address of the same user; "bcc" when not at all."""
+    for candidate in (address, user.address):
+        if candidate.lower() in parsed.listed:
+            return parsed.listed[candidate.lower()]
+    if parsed.listed:
+        cur.execute("SELECT address FROM user_addresses WHERE user_id = %s AND verified"
+                    " ORDER BY lower(address) COLLATE \"C\"", (user.user_id,))
+        for (alias,) in cur.fetchall():
+            if alias.lower() in parsed.listed:
+                return parsed.listed[alias.lower()]
+    return "bcc", None

@@ -1,0 +1,109 @@
+"""Reading an email stored without raw bytes: its columns, To/Cc recipients and attachments.
+
+Ordering is part of the rendered bytes, so every list is sorted on something stable, compared
+with the "C" collation: the bytes (and the stored size) must not change if the database is
+restored under another locale.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pop3d.errors import MessageGone
+from pop3d.store.db import Cursor
+from pop3d.store.headers import Mailbox
+from pop3d.store.render import AttachmentMeta, StoredEmail
+
+_EMAIL = """
+SELECT id::text, received_at, message_id, from_address, from_name, subject, in_reply_to,
+       references_header, text_body, html_body
+FROM emails WHERE id = %s
+"""
+
+# Bcc rows are never read for rendering, so they cannot leak into a header.
+_RECIPIENTS = """
+SELECT kind, address, display_name FROM email_recipients
+WHERE email_id = %s AND kind IN ('to', 'cc')
+ORDER BY lower(address) COLLATE "C", address COLLATE "C", id
+"""
+
+_ATTACHMENTS = """
+SELECT id::text, file_name, content_type, octet_length(content) FROM email_attachments
+WHERE email_id = %s ORDER BY position, id
+"""
+
+_SLICE = """
+SELECT substring(a.content FROM %s FOR %s) FROM email_attachments a
+WHERE a.id = %s AND EXISTS
+    (SELECT 1 FROM email_recipients r WHERE r.email_id = a.email_id AND r.user_id = %s)
+"""
+
+
+def load_email(cur: Cursor, email_id: str) -> StoredEmail:
+    """Everything needed to render the email except attachment content."""
+    cur.execute(_EMAIL, (email_id,))
+    row = cur.fetchone()
+    if row is None:
+        raise MessageGone
+    (email, received_at, message_id, from_address, from_name, subject, in_reply_to,
+     references, text_body, html_body) = row
+    to, cc = _recipients(cur, email_id)
+    return StoredEmail(
+        email_id=email, received_at=_as_datetime(received_at), message_id=message_id,
+        sender=Mailbox(from_address, from_name) if from_address else None,
+        to=to, cc=cc, subject=subject, in_reply_to=in_reply_to, references=references,
+        text_body=text_body, html_body=html_body, attachments=_attachments(cur, email_id))
+
+
+def _recipients(cur: Cursor, email_id: str) -> tuple[tuple[Mailbox, ...], tuple[Mailbox, ...]]:
+    cur.execute(_RECIPIENTS, (email_id,))
+    lists: dict[str, list[Mailbox]] = {"to": [], "cc": []}
+    seen: set[tuple[str, str]] = set()
+    for kind, address, name in cur.fetchall():
+        if not address.strip():
+            continue
+        if (kind, address.lower()) not in seen:  # one user reached twice is listed once
+            seen.add((kind, address.lower()))
+            lists[kind].append(Mailbox(address, name))
+    return tuple(lists["to"]), tuple(lists["cc"])
+
+
+def _attachments(cur: Cursor, email_id: str) -> tuple[AttachmentMeta, ...]:
+    cur.execute(_ATTACHMENTS, (email_id,))
+    return tuple(AttachmentMeta(att_id, name, ctype, int(size))
+                 for att_id, name, ctype, size in cur.fetchall())
+
+
+def attachment_slice(cur: Cursor, *, user: str, attachment: str, offset: int,
+                     length: int) -> bytes:
+    """``length`` octets of an attachment from ``offset`` (0-based), if the user may read it."""
+    cur.execute(_SLICE, (offset + 1, length, attachment, user))
+    row = cur.fetchone()
+    if row is None or row[0] is None:
+        raise MessageGone("message changed while being sent")
+    return bytes(row[0])
+
+
+def small_raws(cur: Cursor, *, user: str, emails: list[str],
+               limit: int) -> list[tuple[str, bytes]]:
+    """The raw bytes of those of ``emails`` the user may read that are at most ``limit``."""
+    cur.execute(
+        "SELECT e.id::text, e.raw FROM emails e WHERE e.id = ANY(%s::uuid[])"
+        " AND octet_length(e.raw) <= %s AND EXISTS (SELECT 1 FROM email_recipients r"
+        " WHERE r.email_id = e.id AND r.user_id = %s)", (emails, limit, user))
+    return [(email_id, bytes(raw)) for email_id, raw in cur]
+
+
+def save_sizes(cur: Cursor, *, sizes: dict[str, int]) -> None:
+    """Record computed sizes where none is stored yet."""
+    if sizes:
+        cur.execute(
+            "UPDATE emails e SET size = v.size FROM unnest(%s::uuid[], %s::bigint[])"
+            " AS v(id, size) WHERE e.id = v.id AND e.size IS NULL",
+            (list(sizes), list(sizes.values())))
+
+
+def _as_datetime(value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise MessageGone("email row without a usable received_at")
+    return value

@@ -1,0 +1,91 @@
+"""Fixtures for tests against the private PostgreSQL: a fresh, migrated database per test.
+
+The schema is migrated once per test session into a template database; each test gets a
+``CREATE DATABASE ... TEMPLATE`` copy (tens of milliseconds), dropped when the test ends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+from store_rows import MailWriter
+
+from pop3d.store import Accounts, Database, DbSettings, PgMaildrop, migrate
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def template_dsn(make_database: Callable[[], str]) -> str:
+    dsn = make_database()
+    db = Database(DbSettings(dsn))
+    migrate(db)
+    db.close()
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def clone_database(services: dict[str, str], template_dsn: str) -> Iterator[Callable[[], str]]:
+    """A factory of fresh databases copied from the migrated template."""
+    admin = psycopg2.connect(psycopg2.extensions.make_dsn(services["POP3D_TEST_DSN"],
+                                                          dbname="postgres"))
+    admin.autocommit = True
+    template = psycopg2.extensions.parse_dsn(template_dsn)["dbname"]
+    created: list[str] = []
+
+    def clone() -> str:
+        name = f"pop3d_c_{uuid.uuid4().hex[:12]}"
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        created.append(name)
+        return psycopg2.extensions.make_dsn(services["POP3D_TEST_DSN"], dbname=name)
+
+    yield clone
+    with admin.cursor() as cur:
+        for name in created:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def dsn(clone_database: Callable[[], str]) -> str:
+    return clone_database()
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[Database]:
+    database = Database(DbSettings(dsn, application_name="pop3d-test"))
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def maildrop(db: Database) -> PgMaildrop:
+    return PgMaildrop(db)
+
+
+@pytest.fixture
+def accounts(db: Database) -> Accounts:
+    return Accounts(db)
+
+
+@pytest.fixture
+def mail(db: Database) -> MailWriter:
+    return MailWriter(db)
+
+
+@pytest.fixture
+def users(accounts: Accounts) -> dict[str, str]:
+    """Three users, a, b and c, by name -> user id."""
+    return {name: accounts.add_user(f"{name}@example.com") for name in ("a", "b", "c")}

@@ -1,0 +1,222 @@
+"""The maildrop on PostgreSQL: snapshots, access control, read marks and per-user deletion."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from store_rows import Attachment, MailWriter
+
+from pop3d.errors import MessageGone, StorePermanentError
+from pop3d.store import Database, DbSettings, PgMaildrop
+
+RAW = b"Subject: hello\n\nbody\n"
+RETR = b"Subject: hello\r\n\r\nbody\r\n"
+
+
+def _to(user_id: str, name: str = "a", kind: str = "to") -> tuple[str, str, str]:
+    return (user_id, f"{name}@example.com", kind)
+
+
+def test_snapshot_is_oldest_first_by_received_at_then_id(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    same_time = datetime(2024, 1, 1, tzinfo=UTC)
+    late = mail.email([_to(users["a"])], raw=RAW, received_at=datetime(2024, 3, 1, tzinfo=UTC))
+    tied = [mail.email([_to(users["a"])], raw=RAW, received_at=same_time) for _ in range(3)]
+    early = mail.email([_to(users["a"])], raw=RAW, received_at=datetime(2023, 1, 1, tzinfo=UTC))
+    ids = [m.email_id for m in maildrop.snapshot(users["a"], 100)]
+    assert ids == [early, *sorted(tied), late]
+
+
+def test_snapshot_caps_oldest_first_so_deleting_reveals_the_rest(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    ids = [mail.email([_to(users["a"])], raw=RAW) for _ in range(5)]
+    first = maildrop.snapshot(users["a"], 3)
+    assert [m.email_id for m in first] == ids[:3]
+    maildrop.delete(users["a"], [m.email_id for m in first])
+    assert [m.email_id for m in maildrop.snapshot(users["a"], 3)] == ids[3:]
+    assert maildrop.snapshot(users["a"], 0) == []
+
+
+def test_snapshot_lists_an_email_once_per_user_and_derives_uidl_from_id(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    email_id = mail.email([_to(users["a"]), _to(users["a"], "a-alias", "cc"),
+                           _to(users["a"], "a", "bcc")], raw=RAW)
+    [info] = maildrop.snapshot(users["a"], 10)
+    assert info.email_id == email_id
+    assert info.uidl == uuid.UUID(email_id).hex
+    assert len(info.uidl) == 32
+    assert info.uidl == info.uidl.lower()
+    assert info.size == len(RETR)
+
+
+def test_snapshot_only_holds_the_users_own_mail(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    mine = mail.email([_to(users["a"])], raw=RAW)
+    mail.email([_to(users["b"], "b")], raw=RAW)
+    mail.email([(None, "a@example.com", "to")], raw=RAW)  # same address, not linked to a
+    assert [m.email_id for m in maildrop.snapshot(users["a"], 10)] == [mine]
+    assert maildrop.snapshot(str(uuid.uuid4()), 10) == []
+    assert maildrop.snapshot("not-a-uuid", 10) == []
+
+
+def test_missing_size_is_computed_once_and_stored(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    email_id = mail.email([_to(users["a"])], raw=RAW, size=None)
+    [info] = maildrop.snapshot(users["a"], 10)
+    assert info.size == len(RETR)
+    assert mail.scalar("SELECT size FROM emails WHERE id = %s", (email_id,)) == len(RETR)
+    # A stored size is trusted: the next login does not recompute it.
+    mail.execute("UPDATE emails SET size = 12345 WHERE id = %s", (email_id,))
+    assert maildrop.snapshot(users["a"], 10)[0].size == 12345
+
+
+def test_stored_size_of_rendered_message_matches_its_bytes(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    email_id = mail.email([_to(users["a"])], subject="Grüße", text_body="hallo\n",
+                          attachments=[Attachment(bytes(range(256)) * 100, "b.bin")])
+    [info] = maildrop.snapshot(users["a"], 10)
+    assert info.size == len(b"".join(maildrop.open_message(users["a"], email_id)))
+    assert mail.scalar("SELECT size FROM emails WHERE id = %s", (email_id,)) == info.size
+
+
+def test_other_users_mail_is_gone_for_every_operation(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    email_id = mail.email([_to(users["a"]), (None, "c@example.com", "cc")], raw=RAW)
+    with pytest.raises(MessageGone):
+        maildrop.open_message(users["c"], email_id)
+    with pytest.raises(MessageGone):
+        maildrop.open_top(users["c"], email_id, 0)
+    maildrop.mark_read(users["c"], email_id)
+    maildrop.delete(users["c"], [email_id])
+    assert mail.scalar("SELECT count(*) FROM email_recipients WHERE email_id = %s",
+                       (email_id,)) == 2
+    assert mail.scalar("SELECT bool_or(is_read) FROM email_recipients") is False
+
+
+def test_open_message_checks_access_before_returning(
+        maildrop: PgMaildrop, users: dict[str, str]) -> None:
+    for bad in (str(uuid.uuid4()), "junk", ""):
+        with pytest.raises(MessageGone):
+            maildrop.open_message(users["a"], bad)  # raises here, not when iterated
+
+
+def test_message_deleted_while_streaming_stops_the_stream(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    email_id = mail.email([_to(users["a"])], raw=b"Subject: big\n\n" + b"x" * 600_000)
+    chunks = maildrop.open_message(users["a"], email_id)
+    next(chunks)
+    maildrop.delete(users["a"], [email_id])
+    with pytest.raises(MessageGone):
+        list(chunks)
+
+
+def test_mark_read_marks_only_the_users_rows(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    email_id = mail.email([_to(users["a"]), _to(users["b"], "b")], raw=RAW)
+    maildrop.mark_read(users["a"], email_id)
+    read = mail.scalar("SELECT array_agg(user_id::text) FROM email_recipients WHERE is_read")
+    assert read == [users["a"]]
+
+
+def test_top_does_not_mark_read(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    email_id = mail.email([_to(users["a"])], raw=RAW)
+    assert b"".join(maildrop.open_top(users["a"], email_id, 0)) == b"Subject: hello\r\n\r\n"
+    assert mail.scalar("SELECT bool_or(is_read) FROM email_recipients") is False
+
+
+def _exists(mail: MailWriter, email_id: str) -> bool:
+    return mail.scalar("SELECT count(*) FROM emails WHERE id = %s", (email_id,)) == 1
+
+
+def test_deletion_is_per_user_and_the_last_one_removes_the_email(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    email_id = mail.email([_to(users["a"]), _to(users["b"], "b", "cc"),
+                           (None, "outsider@example.net", "to")],
+                          raw=RAW, attachments=[Attachment(b"data", "f.txt")])
+    maildrop.delete(users["a"], [email_id])
+    assert maildrop.snapshot(users["a"], 10) == []
+    assert [m.email_id for m in maildrop.snapshot(users["b"], 10)] == [email_id]
+    assert b"".join(maildrop.open_message(users["b"], email_id)) == RETR
+    maildrop.delete(users["b"], [email_id])
+    # The unlinked outsider row does not keep the email alive; everything cascades.
+    assert not _exists(mail, email_id)
+    assert mail.scalar("SELECT count(*) FROM email_attachments") == 0
+    assert mail.scalar("SELECT count(*) FROM email_recipients") == 0
+
+
+def test_deleting_several_is_all_or_nothing(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    ids = [mail.email([_to(users["a"])], raw=RAW) for _ in range(3)]
+    mail.execute(f"""
+        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+        CREATE TRIGGER refuse BEFORE DELETE ON emails FOR EACH ROW
+        WHEN (OLD.id = '{ids[2]}') EXECUTE FUNCTION refuse();
+    """)
+    with pytest.raises(StorePermanentError, match="refused"):
+        maildrop.delete(users["a"], ids)
+    assert len(maildrop.snapshot(users["a"], 10)) == 3
+
+
+def test_delete_ignores_unknown_and_malformed_ids(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    email_id = mail.email([_to(users["a"])], raw=RAW)
+    maildrop.delete(users["a"], ["junk", str(uuid.uuid4()), email_id, email_id])
+    assert not _exists(mail, email_id)
+
+
+def test_user_cannot_delete_an_unreferenced_email_by_id(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    orphan = mail.email([(None, "nobody@example.com", "to")], raw=RAW)
+    maildrop.delete(users["c"], [orphan])
+    assert _exists(mail, orphan)
+
+
+def test_deleting_a_to_recipient_of_a_rendered_email_resets_its_size(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    email_id = mail.email([_to(users["a"]), _to(users["b"], "b")], text_body="hi")
+    size_before = maildrop.snapshot(users["b"], 10)[0].size
+    maildrop.delete(users["a"], [email_id])
+    [info] = maildrop.snapshot(users["b"], 10)
+    assert info.size == len(b"".join(maildrop.open_message(users["b"], email_id)))
+    assert info.size == size_before - len(" a@example.com,")
+
+
+def test_concurrent_deletion_by_two_users_leaves_no_orphan(
+        dsn: str, mail: MailWriter, users: dict[str, str]) -> None:
+    shared = [mail.email([_to(users["a"]), _to(users["b"], "b")], raw=RAW,
+                         attachments=[Attachment(b"x")]) for _ in range(10)]
+    # Widen the race: each deletion of a recipient row pauses, so both transactions are past
+    # their own row's deletion before either checks whether the email is still referenced.
+    mail.execute("""
+        CREATE FUNCTION pause() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN PERFORM pg_sleep(0.05); RETURN OLD; END $$;
+        CREATE TRIGGER pause AFTER DELETE ON email_recipients FOR EACH ROW
+        EXECUTE FUNCTION pause();
+    """)
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def delete_all(user: str) -> None:
+        db = Database(DbSettings(dsn))
+        try:
+            barrier.wait()
+            for email_id in shared:  # one transaction per email: maximal interleaving
+                PgMaildrop(db).delete(users[user], [email_id])
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=delete_all, args=(u,)) for u in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert mail.scalar("SELECT count(*) FROM emails") == 0
+    assert mail.scalar("SELECT count(*) FROM email_attachments") == 0
