@@ -1,0 +1,349 @@
+"""One client connection inside a worker: socket IO, TLS, buffers and the session's effects.
+
+Theory of operation.  A channel goes through up to three phases: PROXY (read a PROXY-protocol
+header, peeking so no byte after it is consumed), HANDSHAKE (a non-blocking TLS handshake, for
+implicit TLS at once and for STLS after the ``+OK`` is flushed) and SESSION (bytes in, session
+effects out).  The worker's selector tells the channel when its socket is readable or writable;
+the channel answers with the events it wants next (:attr:`interest`).
+
+Back-pressure: the channel asks the session for the next effect only while nothing is pending
+(no authentication running, no held reply, no STLS in flight, no body still streaming) and its
+output is under :data:`HIGH_WATER`; it reads the socket only under the same condition, so a
+client that pipelines without reading stalls itself and nobody else.  Message bodies are pulled
+from the store's chunk iterator only when the output has room.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import selectors
+import socket
+import ssl
+from collections import deque
+from collections.abc import Iterator
+from typing import Protocol
+
+from pop3d.errors import Pop3dError
+from pop3d.ports import Credentials, Principal
+from pop3d.protocol.proxy import ProxyHeaderParser
+from pop3d.session import Authenticate, Effect, Peer, Send, Session, StartTls
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536  # one recv; the input a channel can hold unparsed is bounded by this
+HIGH_WATER = 512 * 1024  # stop producing output (and reading) above this many queued octets
+WRITE_SIZE = 256 * 1024  # at most this much per send(); TLS retries the same prefix
+PROXY_PEEK = 536  # PROXY v2 header (16) + the largest address block we accept, v1 is <= 107
+
+
+class Phase(enum.Enum):
+    PROXY = "proxy"
+    HANDSHAKE = "handshake"
+    SESSION = "session"
+    CLOSED = "closed"
+
+
+class ChannelHost(Protocol):
+    """What a channel needs from its worker."""
+
+    tls_context: ssl.SSLContext | None
+
+    def now(self) -> float: ...
+
+    def open_session(self, channel: Channel, peer: Peer) -> Session: ...
+
+    def peer_for(self, client_ip: str, tls: bool) -> Peer: ...
+
+    def submit_auth(self, channel: Channel, credentials: Credentials) -> None: ...
+
+    def hold_until(self, channel: Channel, when: float) -> None: ...
+
+    def channel_closed(self, channel: Channel, reason: str) -> None: ...
+
+
+class Channel:
+    """A client connection; every method is called from the worker's loop thread only."""
+
+    def __init__(self, host: ChannelHost, sock: socket.socket, client_ip: str, *,
+                 implicit_tls: bool, proxy: bool) -> None:
+        self.host = host
+        self.sock: socket.socket = sock
+        self.client_ip = client_ip
+        self.implicit_tls = implicit_tls
+        self.session: Session | None = None
+        self.phase_started = host.now()
+        self.last_activity = self.phase_started
+        self._out: deque[memoryview] = deque()
+        self._out_bytes = 0
+        self._stream: Iterator[bytes] | None = None
+        self._held: Send | None = None
+        self._awaiting_auth = False
+        self._tls_after_flush = False
+        self._close_after_flush = False
+        self._handshake_wants = selectors.EVENT_READ
+        self._proxy = ProxyHeaderParser() if proxy else None
+        self._proxy_seen = b""
+        self.phase = Phase.PROXY if proxy else Phase.HANDSHAKE
+        if not proxy:
+            self._after_proxy()
+
+    # --- what the worker asks --------------------------------------------------------------
+
+    @property
+    def interest(self) -> int:
+        """The selector events this channel waits for now (0: none, e.g. while authenticating)."""
+        if self.phase is Phase.HANDSHAKE:
+            return self._handshake_wants
+        if self.phase is Phase.PROXY:
+            return selectors.EVENT_READ
+        events = selectors.EVENT_WRITE if self._out else 0
+        if self._ready_for_input():
+            events |= selectors.EVENT_READ
+        return events
+
+    @property
+    def authenticated(self) -> bool:
+        return self.session is not None and self.session.authenticated
+
+    def on_event(self, mask: int) -> None:
+        """The socket is readable and/or writable."""
+        if self.phase is Phase.PROXY:
+            self._read_proxy_header()
+        elif self.phase is Phase.HANDSHAKE:
+            self._continue_handshake()
+        else:
+            if mask & selectors.EVENT_READ and self._ready_for_input():
+                self._read()
+            self._progress()
+
+    def on_auth_done(self, outcome: Principal | Pop3dError) -> None:
+        """The authenticator finished on the thread pool; back on the loop now."""
+        self._awaiting_auth = False
+        if self.session is not None and self.phase is Phase.SESSION:
+            self._apply(self.session.login_done(outcome))
+            self._progress()
+
+    def on_hold_expired(self) -> None:
+        """A delayed reply (authentication failure) may go out now."""
+        held, self._held = self._held, None
+        if held is not None and self.phase is Phase.SESSION:
+            self._queue(held)
+            self._progress()
+
+    def close(self, reason: str) -> None:
+        """End the connection now: no UPDATE, the session releases what it holds."""
+        if self.phase is Phase.CLOSED:
+            return
+        self.phase = Phase.CLOSED
+        self._out.clear()
+        self._stream = None
+        if self.session is not None:
+            self.session.close(reason)
+        try:
+            self.sock.close()
+        finally:
+            self.host.channel_closed(self, reason)
+
+    # --- PROXY header -----------------------------------------------------------------------
+
+    def _read_proxy_header(self) -> None:
+        """Peek, parse, and consume only bytes that certainly belong to the header, so the TLS
+        handshake or the first command after it stays in the socket untouched."""
+        assert self._proxy is not None
+        try:
+            peeked = self.sock.recv(PROXY_PEEK, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close(f"read failed: {_reason(exc)}")
+            return
+        if not peeked:
+            self.close("closed before the PROXY header")
+            return
+        result = self._proxy.parse(self._proxy_seen + peeked)
+        if result.error:
+            self.close(f"bad PROXY header: {result.error}")
+        elif result.need_more:
+            self.sock.recv(len(peeked))  # all of it is header: the header is not complete yet
+            self._proxy_seen += peeked
+        else:
+            self.sock.recv(result.consumed - len(self._proxy_seen))
+            if result.source_ip:
+                self.client_ip = result.source_ip
+            self._after_proxy()
+
+    def _after_proxy(self) -> None:
+        self.phase_started = self.host.now()
+        if self.implicit_tls:
+            self._start_handshake()
+        else:
+            self._open_session(tls=False)
+            self._progress()
+
+    # --- TLS --------------------------------------------------------------------------------
+
+    def _start_handshake(self) -> None:
+        context = self.host.tls_context
+        if context is None:
+            self.close("TLS requested but no certificate is configured")
+            return
+        self.phase = Phase.HANDSHAKE
+        self.phase_started = self.host.now()
+        self.sock = context.wrap_socket(self.sock, server_side=True,
+                                        do_handshake_on_connect=False)
+        self._continue_handshake()
+
+    def _continue_handshake(self) -> None:
+        assert isinstance(self.sock, ssl.SSLSocket)
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._handshake_wants = selectors.EVENT_READ
+            return
+        except ssl.SSLWantWriteError:
+            self._handshake_wants = selectors.EVENT_WRITE
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self.close(f"TLS handshake failed: {_reason(exc)}")
+            return
+        if self.session is None:
+            self._open_session(tls=True)
+        else:
+            self.phase = Phase.SESSION
+            self.session.tls_started()
+        self._progress()
+
+    # --- the session ------------------------------------------------------------------------
+
+    def _open_session(self, *, tls: bool) -> None:
+        self.phase = Phase.SESSION
+        self.last_activity = self.host.now()
+        self.session = self.host.open_session(self, self.host.peer_for(self.client_ip, tls))
+        self._append(self.session.greeting())
+
+    def _ready_for_input(self) -> bool:
+        return (self.phase is Phase.SESSION and not self._awaiting_auth and self._held is None
+                and not self._tls_after_flush and not self._close_after_flush
+                and self._stream is None and self._out_bytes < HIGH_WATER)
+
+    def _progress(self) -> None:
+        """Answer queued commands and write until blocked: on the client (socket full), on an
+        effect (authentication, held reply), or on input (nothing left to parse)."""
+        while self.phase is Phase.SESSION:
+            self._pump()
+            self._write()
+            if self.phase is not Phase.SESSION or self._out:
+                return
+            if self._close_after_flush:
+                self.close("session ended")
+                return
+            if self._tls_after_flush:
+                self._tls_after_flush = False
+                self._start_handshake()
+                return
+            if not (self._ready_for_input() and self._tls_pending()):
+                return
+            self._read()
+
+    def _pump(self) -> None:
+        assert self.session is not None
+        while self._ready_for_input():
+            effect = self.session.next_effect()
+            if effect is None:
+                return
+            self._apply(effect)
+
+    def _apply(self, effect: Effect) -> None:
+        if isinstance(effect, Send):
+            if effect.delay > 0:
+                self._held = effect
+                self.host.hold_until(self, self.host.now() + effect.delay)
+            else:
+                self._queue(effect)
+        elif isinstance(effect, StartTls):
+            self._append(effect.data)
+            self._tls_after_flush = True
+        elif isinstance(effect, Authenticate):
+            self._awaiting_auth = True
+            self.host.submit_auth(self, effect.credentials)
+
+    def _queue(self, send: Send) -> None:
+        if isinstance(send.data, bytes | bytearray | memoryview):
+            self._append(bytes(send.data))
+        else:
+            self._stream = iter(send.data)
+            self._fill_from_stream()
+        self._close_after_flush = send.close
+
+    def _fill_from_stream(self) -> None:
+        """Pull body chunks while there is room; a store failure mid-body ends the connection
+        (the client has seen ``+OK`` and part of the body: no ``-ERR`` can follow)."""
+        while self._stream is not None and self._out_bytes < HIGH_WATER:
+            try:
+                chunk = next(self._stream)
+            except StopIteration:
+                self._stream = None
+            except Exception as exc:  # any failure of the store, translated or not
+                log.warning("closing %s: message body failed mid-stream: %s",
+                            self.client_ip, _reason(exc))
+                self.close("message body failed mid-stream")
+                return
+            else:
+                self._append(chunk)
+
+    # --- bytes in and out -------------------------------------------------------------------
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self.close(f"read failed: {_reason(exc)}")
+            return
+        if not data:
+            self.close("client closed the connection")
+            return
+        assert self.session is not None
+        self.last_activity = self.host.now()
+        self.session.feed(data)
+
+    def _tls_pending(self) -> bool:
+        """TLS may hold decrypted bytes that the selector cannot see."""
+        return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
+
+    def _append(self, data: bytes) -> None:
+        if data:
+            self._out.append(memoryview(data))
+            self._out_bytes += len(data)
+
+    def _write(self) -> None:
+        """Send queued output until it is gone or the socket is full, refilling from the body
+        being streamed as room appears."""
+        while self._out:
+            head = self._out[0]
+            try:
+                sent = self.sock.send(head[:WRITE_SIZE])
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError,
+                    InterruptedError):
+                return
+            except (ssl.SSLError, OSError) as exc:
+                self.close(f"write failed: {_reason(exc)}")
+                return
+            self.last_activity = self.host.now()
+            self._out_bytes -= sent
+            if sent == len(head):
+                self._out.popleft()
+            else:
+                self._out[0] = head[sent:]
+            self._fill_from_stream()
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, class-name-free description of an IO error for logs."""
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).lower().replace("_", " ")
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or "unknown error"

@@ -1,0 +1,397 @@
+"""A worker process: one ``selectors`` loop serving many POP3 sessions.
+
+Theory of operation.  The master builds a :class:`Worker` before ``fork()``; the child calls
+:meth:`Worker.run`, which sets everything up that must not cross a fork (signal handlers, the
+selector, database connections, the TLS context, the authentication thread pool) and then loops:
+
+- ``select`` with a timeout of at most one second;
+- accept on the shared listening sockets while under ``worker_connections``;
+- hand socket events to each :class:`~pop3d.channel.Channel`;
+- collect finished authentications (bcrypt runs on a small thread pool, so one login never stalls
+  the other sessions) and held replies whose delay is over (the auth-failure delay is a timer,
+  not a sleep);
+- once a second: idle/login/handshake/PROXY timeouts, the heartbeat, the process title.
+
+Signals only write their number to a wakeup socket (``signal.set_wakeup_fd``); the loop reads
+them: TERM drains (stop accepting, let sessions finish within ``graceful_timeout``), INT and QUIT
+close every session at once, USR1 reopens the log file.  A failing session is closed and logged;
+the loop and the other sessions carry on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import signal
+import socket
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from setproctitle import setproctitle
+
+from pop3d import log as logsetup
+from pop3d.channel import Channel, ChannelHost, Phase
+from pop3d.config import TLS_VERSIONS, Config, is_trusted
+from pop3d.errors import EXIT_OK, EXIT_WORKER_BOOT_ERROR, Pop3dError
+from pop3d.heartbeat import Heartbeat
+from pop3d.ports import Credentials, Principal
+from pop3d.services import WorkerServices, build_services
+from pop3d.session import Peer, Services, Session, SessionSettings
+from pop3d.sockets import Listener
+
+log = logging.getLogger(__name__)
+
+ACCEPT_BATCH = 64  # connections accepted per wakeup, so one busy listener cannot starve the loop
+TICK = 1.0  # seconds between timeout scans and heartbeats
+FAST_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+JOB_DONE = b"\0"  # written to the wakeup socket by the auth thread pool; signals write 1..64
+
+AuthJob = tuple[Channel, "Future[Principal]"]
+
+
+class Worker(ChannelHost):
+    """Serves connections from the master's listening sockets until told to stop."""
+
+    def __init__(self, *, age: int, config: Config, listeners: list[Listener],
+                 heartbeat: Heartbeat) -> None:
+        self.age = age
+        self.config = config
+        self.listeners = listeners
+        self.heartbeat = heartbeat
+        self.master_pid = os.getpid()
+        self.tls_context: ssl.SSLContext | None = None
+        self.channels: set[Channel] = set()
+        self._ids = itertools.count(1)
+        self._holds: list[tuple[float, int, Channel]] = []
+        self._done_jobs: deque[AuthJob] = deque()
+        self._accepting = False
+        self._draining_until: float | None = None
+        self._stopped = False
+        self._next_tick = 0.0
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """The child's main: boot, loop, clean up; the return value is the exit code."""
+        try:
+            self._boot()
+        except Exception:
+            log.exception("worker %d failed to boot", self.age)
+            return EXIT_WORKER_BOOT_ERROR
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return EXIT_OK
+
+    def _boot(self) -> None:
+        setproctitle(f"pop3d: worker {self.age} [booting]")
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        for sock in (self._wake_r, self._wake_w):
+            sock.setblocking(False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
+        self._install_signals()
+        self.tls_context = build_tls_context(self.config)
+        self.services: WorkerServices = build_services(self.config)
+        self.pool = ThreadPoolExecutor(self.config.auth.threads, thread_name_prefix="auth")
+        self.settings = session_settings(self.config)
+        self._set_accepting(True)
+        self.heartbeat.beat(0)
+        log.info("worker %d serving (pid %d)", self.age, os.getpid())
+
+    def _install_signals(self) -> None:
+        # Handlers must be Python callables for set_wakeup_fd to fire; the loop does the work.
+        for sig in (signal.SIGTERM, *FAST_SIGNALS, signal.SIGUSR1):
+            signal.signal(sig, _record_signal)
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+
+    def _shutdown(self) -> None:
+        for channel in list(self.channels):
+            channel.close("worker stopping")
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.services.close()
+        log.info("worker %d stopped", self.age)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stopped:
+            for key, mask in self.selector.select(self._select_timeout()):
+                callback: Callable[[int], None] = key.data
+                callback(mask)
+            self._finish_auth_jobs()
+            now = time.monotonic()
+            self._release_holds(now)
+            if now >= self._next_tick:
+                self._next_tick = now + TICK
+                self._tick(now)
+
+    def _select_timeout(self) -> float:
+        until = self._next_tick
+        if self._holds:
+            until = min(until, self._holds[0][0])
+        return max(0.0, min(TICK, until - time.monotonic()))
+
+    def _tick(self, now: float) -> None:
+        self._expire_idle(now)
+        self.services.periodic()
+        sessions = len(self.channels)
+        self.heartbeat.beat(sessions)
+        setproctitle(f"pop3d: worker {self.age} [{sessions} sessions]")
+        if os.getppid() != self.master_pid and self._draining_until is None:
+            log.warning("worker %d: master is gone, draining", self.age)
+            self._drain(now)
+        if self._draining_until is not None:
+            self._check_drained(now)
+
+    # --- accepting --------------------------------------------------------------------------
+
+    def _set_accepting(self, accepting: bool) -> None:
+        if accepting == self._accepting:
+            return
+        self._accepting = accepting
+        for listener in self.listeners:
+            if accepting:
+                self.selector.register(listener.sock, selectors.EVENT_READ,
+                                       lambda _mask, lst=listener: self._accept(lst))
+            else:
+                self.selector.unregister(listener.sock)
+
+    def _accept(self, listener: Listener) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if len(self.channels) >= self.config.server.worker_connections:
+                self._set_accepting(False)  # back-pressure: other workers take the load
+                return
+            try:
+                sock, address = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENOBUFS: keep serving who we have
+                log.error("accept on %s failed: %s", listener.address, exc.strerror)
+                return
+            self._adopt(sock, address[0], listener)
+
+    def _adopt(self, sock: socket.socket, client_ip: str, listener: Listener) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if client_ip.startswith("::ffff:"):
+            client_ip = client_ip[len("::ffff:"):]
+        self.services.metrics.incr("connections")
+        if self.config.server.proxy_protocol and not is_trusted(self.config, client_ip):
+            log.warning("refusing %s: PROXY protocol is only accepted from trusted_networks",
+                        client_ip)
+            sock.close()
+            return
+        channel = self._guard(lambda: Channel(
+            self, sock, client_ip, implicit_tls=listener.tls,
+            proxy=self.config.server.proxy_protocol), sock)
+        if channel is not None:
+            self.channels.add(channel)
+            self._watch(channel)
+
+    def _guard(self, make: Callable[[], Channel], sock: socket.socket) -> Channel | None:
+        try:
+            return make()
+        except Exception:
+            log.exception("could not set up a connection")
+            sock.close()
+            return None
+
+    # --- channels ---------------------------------------------------------------------------
+
+    def _watch(self, channel: Channel) -> None:
+        """(Re-)register the channel's socket for the events it wants now."""
+        if channel not in self.channels:
+            return
+        events = channel.interest
+        try:
+            key = self.selector.get_key(channel.sock)
+        except KeyError:
+            if events:
+                self.selector.register(channel.sock, events, self._dispatcher(channel))
+            return
+        if not events:
+            self.selector.unregister(channel.sock)
+        elif key.events != events:
+            self.selector.modify(channel.sock, events, key.data)
+
+    def _dispatcher(self, channel: Channel) -> Callable[[int], None]:
+        return lambda mask: self._run(channel, lambda: channel.on_event(mask))
+
+    def _run(self, channel: Channel, action: Callable[[], None]) -> None:
+        """Run one channel callback; whatever it raises ends that channel only."""
+        try:
+            action()
+        except Exception:
+            log.exception("connection from %s failed", channel.client_ip)
+            self._run_close(channel, "internal error")
+        self._watch(channel)
+
+    def _run_close(self, channel: Channel, reason: str) -> None:
+        try:
+            channel.close(reason)
+        except Exception:
+            log.exception("closing the connection from %s failed", channel.client_ip)
+            self.channel_closed(channel, reason)
+
+    # --- ChannelHost ------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def peer_for(self, client_ip: str, tls: bool) -> Peer:
+        trusted = is_trusted(self.config, client_ip)
+        return Peer(client_ip=client_ip, tls=tls,
+                    plaintext_ok=trusted or self.config.auth.allow_plaintext,
+                    stls_available=self.tls_context is not None and not tls)
+
+    def open_session(self, channel: Channel, peer: Peer) -> Session:
+        session_id = f"{socket.gethostname()}:{os.getpid()}:{next(self._ids)}"
+        services = Services(maildrop=self.services.maildrop, registry=self.services.registry,
+                            metrics=self.services.metrics)
+        return Session(self.settings, services, peer, session_id=session_id)
+
+    def submit_auth(self, channel: Channel, credentials: Credentials) -> None:
+        future = self.pool.submit(self.services.authenticator.authenticate, credentials)
+        future.add_done_callback(lambda done: self._job_done(channel, done))
+
+    def _job_done(self, channel: Channel, future: Future[Principal]) -> None:
+        # Runs on a pool thread: hand over to the loop and wake it.
+        self._done_jobs.append((channel, future))
+        with contextlib.suppress(OSError):  # a full wakeup socket means the loop is awake
+            self._wake_w.send(JOB_DONE)
+
+    def hold_until(self, channel: Channel, when: float) -> None:
+        heapq.heappush(self._holds, (when, id(channel), channel))
+
+    def channel_closed(self, channel: Channel, reason: str) -> None:
+        if channel not in self.channels:
+            return
+        self.channels.discard(channel)
+        with contextlib.suppress(KeyError, ValueError):  # not registered, or already closed
+            self.selector.unregister(channel.sock)
+        log.debug("connection from %s closed: %s", channel.client_ip, reason)
+        if self._draining_until is None:
+            self._set_accepting(True)
+
+    # --- timers and completions -------------------------------------------------------------
+
+    def _finish_auth_jobs(self) -> None:
+        while self._done_jobs:
+            channel, future = self._done_jobs.popleft()
+            if channel in self.channels:
+                self._run(channel, functools.partial(channel.on_auth_done, _outcome(future)))
+
+    def _release_holds(self, now: float) -> None:
+        while self._holds and self._holds[0][0] <= now:
+            _, _, channel = heapq.heappop(self._holds)
+            if channel in self.channels:
+                self._run(channel, channel.on_hold_expired)
+
+    def _expire_idle(self, now: float) -> None:
+        for channel in list(self.channels):
+            reason = self._timeout_reason(channel, now)
+            if reason:
+                log.info("closing connection from %s: %s", channel.client_ip, reason)
+                self._run_close(channel, reason)
+
+    def _timeout_reason(self, channel: Channel, now: float) -> str:
+        limits = self.config.limits
+        waited = now - channel.phase_started
+        if channel.phase is Phase.PROXY and waited > self.config.server.proxy_timeout:
+            return "PROXY header timeout"
+        if channel.phase is Phase.HANDSHAKE and waited > self.config.tls.handshake_timeout:
+            return "TLS handshake timeout"
+        idle = limits.idle_timeout if channel.authenticated else limits.login_timeout
+        if channel.phase is Phase.SESSION and now - channel.last_activity > idle:
+            return "idle timeout" if channel.authenticated else "login timeout"
+        return ""
+
+    # --- signals ----------------------------------------------------------------------------
+
+    def _on_wakeup(self, _mask: int) -> None:
+        try:
+            data = self._wake_r.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        for signum in dict.fromkeys(data):  # each signal once, in arrival order
+            if signum != JOB_DONE[0]:
+                self._handle_signal(signum)
+
+    def _handle_signal(self, signum: int) -> None:
+        now = time.monotonic()
+        if signum == signal.SIGTERM and self._draining_until is None:
+            log.info("worker %d draining %d sessions", self.age, len(self.channels))
+            self._drain(now)
+        elif signum in FAST_SIGNALS:
+            log.info("worker %d closing %d sessions now", self.age, len(self.channels))
+            self._stopped = True
+        elif signum == signal.SIGUSR1:
+            logsetup.reopen()
+
+    def _drain(self, now: float) -> None:
+        self._draining_until = now + self.config.server.graceful_timeout
+        self._set_accepting(False)
+        for listener in self.listeners:
+            listener.sock.close()  # the master and the other workers keep theirs open
+        self._check_drained(now)
+
+    def _check_drained(self, now: float) -> None:
+        assert self._draining_until is not None
+        if not self.channels:
+            self._stopped = True
+        elif now >= self._draining_until:
+            log.info("worker %d: graceful timeout, closing %d sessions", self.age,
+                     len(self.channels))
+            self._stopped = True
+
+
+def _record_signal(signum: int, frame: object) -> None:
+    """Installed so set_wakeup_fd delivers the signal number to the loop."""
+
+
+def _outcome(future: Future[Principal]) -> Principal | Pop3dError:
+    error = future.exception()
+    if error is None:
+        return future.result()
+    if isinstance(error, Pop3dError):
+        return error
+    log.error("authentication failed unexpectedly: %s", error.__class__.__name__,
+              exc_info=error)
+    return Pop3dError()
+
+
+def build_tls_context(config: Config) -> ssl.SSLContext | None:
+    """The server's TLS context, or None when no certificate is configured."""
+    if not config.tls_enabled:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = TLS_VERSIONS[config.tls.min_version]
+    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    context.load_cert_chain(config.tls.cert, config.tls.key)
+    return context
+
+
+def session_settings(config: Config) -> SessionSettings:
+    limits = config.limits
+    return SessionSettings(
+        server_name=config.server.name,
+        line_length=limits.line_length,
+        max_messages=limits.max_messages_per_session,
+        max_bad_commands=limits.max_bad_commands,
+        max_connections_per_user=limits.max_connections_per_user,
+        failure_delay=config.auth.failure_delay,
+    )
