@@ -1,0 +1,123 @@
+"""`pop3d start --daemon`, `stop`, `status` against a real master."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from pop3d.pidfile import process_alive, read_pid
+
+from .conftest import ECHO_WORKER, MasterHandle, wait_until
+from .test_master_lifecycle import hold_session, read_line
+
+pytestmark = pytest.mark.e2e
+
+
+def test_status_describes_the_running_master(start_master):
+    master = start_master(worker=ECHO_WORKER)
+    held, _ = hold_session(master)
+    wait_until(lambda: master.status()["sessions"] == 1, 5.0, "the session to be counted")
+    result = master.cli("status")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"pop3d is running: master pid {master.pid}, up ")
+    assert f"config {master.config_path}, generation 1; last reload: none" in lines[1]
+    assert lines[2] == "workers: 2 serving of 2 wanted; sessions: 1"
+    for pid in master.worker_pids():
+        assert any(line.startswith(f"  pid {pid} ") for line in lines[3:])
+    held.close()
+
+
+def test_stop_waits_for_the_master_to_exit_then_status_says_not_running(start_master):
+    master = start_master(worker=ECHO_WORKER)
+    workers = master.worker_pids()
+    result = master.cli("stop")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"pop3d stopped (pid {master.pid})\n"
+    assert not master.pidfile.exists()
+    assert master.wait_exit(1) == 0
+    assert not any(process_alive(pid) for pid in workers)
+    status = master.cli("status")
+    assert status.returncode == 3
+    assert status.stdout == f"pop3d is not running (no pidfile {master.pidfile})\n"
+    again = master.cli("stop")
+    assert again.returncode == 0
+    assert "not running" in again.stderr
+
+
+def test_stop_now_closes_sessions_at_once(start_master):
+    master = start_master({"server": {"graceful_timeout": 30}}, worker=ECHO_WORKER)
+    held, pid = hold_session(master)
+    result = master.cli("stop", "--now")
+    assert result.returncode == 0, result.stderr
+    assert read_line(held) == f"-ERR shutting down {pid}\r\n"
+    assert "SIGINT/SIGQUIT: fast stop" in master.log_text()
+    held.close()
+
+
+def test_status_of_a_master_that_died_leaving_its_pidfile(start_master):
+    master = start_master(worker=ECHO_WORKER)
+    os.killpg(master.pid, signal.SIGKILL)
+    master.wait_exit()
+    result = master.cli("status")
+    assert result.returncode == 1
+    assert f"stale pidfile {master.pidfile}: pid {master.pid} is gone" in result.stdout
+    assert master.cli("stop").returncode == 0
+
+
+def test_stop_and_status_still_work_when_the_config_no_longer_validates(start_master):
+    master = start_master(worker=ECHO_WORKER)
+    master.write_config({"server": {"workers": -1}, "tls": {"min_version": "SSLv3"}})
+    status = master.cli("status")
+    assert status.returncode == 0
+    assert "has 2 problem(s)" in status.stderr
+    assert master.cli("stop").returncode == 0
+    assert master.wait_exit(1) == 0
+
+
+def test_daemon_returns_once_the_pidfile_exists(start_master, tmp_path):
+    template = start_master(worker=ECHO_WORKER, wait=False)
+    template.stop()  # only its configuration and environment are reused
+    config = template.config_path
+    command = [sys.executable, "-m", "pop3d", "start", "--daemon", "-c", str(config),
+               "--test-worker-factory", ECHO_WORKER]
+    result = subprocess.run(command, env=template.env, capture_output=True, text=True,
+                            timeout=30, check=False)
+    daemon = read_pid(str(template.pidfile))
+    try:
+        assert result.returncode == 0, result.stderr
+        assert daemon is not None
+        assert result.stdout == f"pop3d started (pid {daemon})\n"
+        assert os.getsid(daemon) != os.getsid(0)  # a new session, detached from ours
+        assert os.getsid(daemon) != daemon  # but not its leader: it cannot get a terminal
+        handle = MasterHandle(template.process, template.directory, config, template.settings,
+                              template.env, template.stderr_path)
+        wait_until(lambda: len(handle.worker_pids()) == 2, 10.0, "the daemon's workers")
+        with socket.create_connection(("127.0.0.1", template.port), timeout=5) as sock:
+            assert read_line(sock).startswith("+OK ")
+        second = subprocess.run(command, env=template.env, capture_output=True, text=True,
+                                timeout=30, check=False)
+        assert second.returncode == 1
+        assert f"already running as pid {daemon}" in second.stderr
+        stopped = template.cli("stop")
+        assert stopped.returncode == 0, stopped.stderr
+        assert not process_alive(daemon)
+    finally:
+        if daemon is not None and process_alive(daemon):
+            os.kill(daemon, signal.SIGKILL)
+
+
+def test_start_reports_an_address_it_cannot_bind(start_master, tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = f"127.0.0.1:{squatter.getsockname()[1]}"
+        master = start_master({"server": {"listen": [taken]}}, worker=ECHO_WORKER, wait=False)
+        assert master.wait_exit() == 1
+    assert f"pop3d: cannot listen on {taken}: Address already in use" in master.log_text()
+    assert not master.pidfile.exists()
