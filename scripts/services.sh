@@ -59,6 +59,7 @@ ensure_packages() {
     command -v memcached >/dev/null || missing+=(memcached)
     command -v openssl >/dev/null || missing+=(openssl)
     command -v make-ssl-cert >/dev/null || missing+=(ssl-cert)
+    command -v curl >/dev/null || missing+=(curl)  # a real POP3 client for the end-to-end tests
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
     PG_BIN=$(pg_bindir) || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
 }
