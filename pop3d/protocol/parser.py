@@ -41,7 +41,7 @@ from pop3d.protocol.events import (
 )
 from pop3d.protocol.states import LEGAL, SASL_MECHANISMS, WRONG_STATE_HINT, State
 
-MAX_LINE_LENGTH = 8192  # the seed server's bound; RFC 2449 §4 only requires 255 for commands
+MAX_LINE_LENGTH = 8192  # generous for PASS/AUTH lines; RFC 2449 §4 only requires 255 for commands
 MAX_NUMBER_DIGITS = 10  # message numbers and TOP line counts: far beyond any real maildrop
 MAX_MECHANISM_LENGTH = 20  # RFC 4422 §3.1: a SASL mechanism name is 1-20 characters
 

@@ -13,18 +13,27 @@ through their ``.reply``; any other exception in a command is logged and answere
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any, ClassVar
 
 from pop3d.errors import InUse, Pop3dError
-from pop3d.ports import Credentials, Maildrop, MessageInfo, Metrics, Principal, Registry
+from pop3d.ports import Credentials, MessageInfo, Principal
 from pop3d.protocol import Connection, LocalProtocolError, Pending, SaslExchange, SaslLogin, State
 from pop3d.protocol import events as ev
-from pop3d.protocol.parser import MAX_LINE_LENGTH
 from pop3d.protocol.states import LEGAL, SASL_MECHANISMS, capabilities
+from pop3d.session.mailbox import Mailbox
+from pop3d.session.values import (
+    Authenticate,
+    Effect,
+    Peer,
+    Send,
+    Services,
+    SessionCounters,
+    SessionSettings,
+    StartTls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,106 +41,8 @@ INTERNAL_ERROR = "Internal server error"
 TLS_REQUIRED = "[AUTH] Plaintext login refused: TLS required"  # RFC 2595 §2.1, RFC 3206 [AUTH]
 _NOOP = ev.Ok()
 
-
-@dataclass(frozen=True, slots=True)
-class SessionSettings:
-    server_name: str
-    line_length: int = MAX_LINE_LENGTH
-    max_messages: int = 10000  # snapshot size limit, like the seed's MaxMessagesPerSession
-    max_bad_commands: int = 10  # consecutive bad commands before login, then close
-    max_connections_per_user: int = 5
-    failure_delay: float = 2.0  # seconds before a failed login is answered
-    login_delay: int = 0  # advertised as LOGIN-DELAY (RFC 2449 §6.8)
-    implementation: str = "pop3d"
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    client_ip: str
-    tls: bool = False  # implicit TLS (port 995) already active
-    plaintext_ok: bool = False  # trusted network or allow_plaintext: login without TLS is fine
-    stls_available: bool = False  # the listener can upgrade with STLS
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    maildrop: Maildrop
-    registry: Registry
-    metrics: Metrics
-    clock: Callable[[], float] = time.monotonic  # seconds, only for durations
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    data: bytes | Iterator[bytes]
-    delay: float = 0.0
-    close: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StartTls:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Authenticate:
-    credentials: Credentials
-
-
-Effect = Send | StartTls | Authenticate
 _Result = ev.Reply | Authenticate
 _Handler = Callable[["Session", Any], _Result]
-
-
-@dataclass(slots=True)
-class SessionCounters:
-    """What a session did, for its logout line."""
-
-    retr: int = 0
-    retr_bytes: int = 0
-    top: int = 0
-    top_bytes: int = 0
-    dele: int = 0
-    dele_bytes: int = 0
-
-
-class Mailbox:
-    """The snapshot taken at login, numbered from 1 and never renumbered, and its DELE marks."""
-
-    def __init__(self, user_id: str, messages: list[MessageInfo]) -> None:
-        self.user_id = user_id
-        self._messages = messages
-        self._marked: dict[int, MessageInfo] = {}
-        self._total = sum(message.size for message in messages)
-        self._marked_size = 0
-
-    def get(self, number: int) -> MessageInfo:
-        """A message that exists and is not marked deleted, or a Pop3dError saying why not."""
-        if not 1 <= number <= len(self._messages):
-            raise Pop3dError(reply=f"No message {number} (maildrop has {len(self._messages)})")
-        if number in self._marked:
-            raise Pop3dError(reply=f"Message {number} is marked deleted")
-        return self._messages[number - 1]
-
-    def mark(self, number: int) -> None:
-        message = self.get(number)
-        self._marked[number] = message
-        self._marked_size += message.size
-
-    def reset(self) -> None:
-        self._marked.clear()
-        self._marked_size = 0
-
-    def totals(self) -> tuple[int, int]:
-        """Count and octets of the messages not marked deleted (STAT)."""
-        return len(self._messages) - len(self._marked), self._total - self._marked_size
-
-    def live(self) -> list[tuple[int, MessageInfo]]:
-        marked = self._marked
-        return [(n, m) for n, m in enumerate(self._messages, 1) if n not in marked]
-
-    def marked(self) -> list[MessageInfo]:
-        return [self._marked[number] for number in sorted(self._marked)]
 
 
 # statsd names: ``commands.<verb>`` counts every command, with verbs from the command table

@@ -1,0 +1,68 @@
+"""The values that cross between a session and its worker: settings, peer, services, effects."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from pop3d.ports import Credentials, Maildrop, Metrics, Registry
+from pop3d.protocol.parser import MAX_LINE_LENGTH
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    server_name: str
+    line_length: int = MAX_LINE_LENGTH
+    max_messages: int = 10000  # snapshot size limit: the oldest messages, the rest after DELE
+    max_bad_commands: int = 10  # consecutive bad commands before login, then close
+    max_connections_per_user: int = 5
+    failure_delay: float = 2.0  # seconds before a failed login is answered
+    login_delay: int = 0  # advertised as LOGIN-DELAY (RFC 2449 §6.8)
+    implementation: str = "pop3d"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    client_ip: str
+    tls: bool = False  # implicit TLS (port 995) already active
+    plaintext_ok: bool = False  # trusted network or allow_plaintext: login without TLS is fine
+    stls_available: bool = False  # the listener can upgrade with STLS
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    maildrop: Maildrop
+    registry: Registry
+    metrics: Metrics
+    clock: Callable[[], float] = time.monotonic  # seconds, only for durations
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    data: bytes | Iterator[bytes]
+    delay: float = 0.0
+    close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    credentials: Credentials
+
+
+Effect = Send | StartTls | Authenticate
+@dataclass(slots=True)
+class SessionCounters:
+    """What a session did, for its logout line."""
+
+    retr: int = 0
+    retr_bytes: int = 0
+    top: int = 0
+    top_bytes: int = 0
+    dele: int = 0
+    dele_bytes: int = 0
