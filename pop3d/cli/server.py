@@ -214,7 +214,12 @@ def stop(config_path: str | None, now: bool) -> None:
     timeout = grace + WAIT_MARGIN_SECONDS
 
     def gone() -> bool:
-        return not process_alive(pid) or read_pid(server.pidfile) != pid
+        # The master removes its pidfile shortly before it exits: wait for the process itself,
+        # unless another master has taken the pidfile over meanwhile.
+        if not process_alive(pid):
+            return True
+        current = read_pid(server.pidfile)
+        return current is not None and current != pid
 
     if not _poll(gone, timeout):
         fail(f"pid {pid} is still running {timeout:g} s after {'INT' if now else 'TERM'}",

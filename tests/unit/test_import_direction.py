@@ -57,7 +57,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
         {"root", "worker", "session", "protocol", "ports", "auth", "store", "adapters"}
         | {"config", "errors", "log", "sockets", "heartbeat"}
     ),
-    "master": frozenset({"root", "config", "log", "errors"} | MASTER_HELPERS),
+    "master": frozenset({"root", "master", "config", "log", "errors"} | MASTER_HELPERS),
     "config": frozenset({"root", "errors"}),
     "log": frozenset({"root", "errors"}),
     "cli": frozenset(
