@@ -19,6 +19,8 @@ def signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
     except ValueError:
+        if signal.SIGRTMIN < signum < signal.SIGRTMAX:
+            return f"SIGRTMIN+{signum - signal.SIGRTMIN}"
         return str(signum)
 
 

@@ -102,7 +102,8 @@ def respawn_delay(failures: int) -> float:
     """No delay after one early death; then 0.5 s, 1 s, 2 s ... up to BACKOFF_MAX_SECONDS."""
     if failures <= 1:
         return 0.0
-    return min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** (failures - 2))
+    doublings = min(failures - 2, 32)  # far past the cap already; keeps 2.0 ** n finite
+    return min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** doublings)
 
 
 def record_death(backoff: Backoff, now: float, lifetime: float, booted: bool) -> Backoff:

@@ -30,6 +30,7 @@ LAYER_OF: dict[str, str] = {
     "pop3d.channel": "worker",  # one connection of the worker's loop
     "pop3d.services": "worker",  # builds the worker's adapters and store after fork
     "pop3d.master": "master",
+    "pop3d.master.plan": "plan",  # the master's decisions: pure, so no IO (FORBIDDEN_STDLIB)
     "pop3d.sockets": "sockets",
     "pop3d.pidfile": "pidfile",
     "pop3d.sdnotify": "sdnotify",
@@ -40,6 +41,9 @@ LAYER_OF: dict[str, str] = {
 }
 
 MASTER_HELPERS = frozenset({"sockets", "pidfile", "sdnotify", "heartbeat"})
+MASTER_MAY_IMPORT = frozenset(
+    {"root", "master", "plan", "config", "log", "errors"} | MASTER_HELPERS
+)
 
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "root": frozenset(),
@@ -57,7 +61,8 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
         {"root", "worker", "session", "protocol", "ports", "auth", "store", "adapters"}
         | {"config", "errors", "log", "sockets", "heartbeat"}
     ),
-    "master": frozenset({"root", "master", "config", "log", "errors"} | MASTER_HELPERS),
+    "master": MASTER_MAY_IMPORT,
+    "plan": MASTER_MAY_IMPORT,
     "config": frozenset({"root", "errors"}),
     "log": frozenset({"root", "errors"}),
     "cli": frozenset(
@@ -84,6 +89,7 @@ _IO = frozenset(
 FORBIDDEN_STDLIB: dict[str, frozenset[str]] = {
     "protocol": _IO | {"time", "logging"},  # pure: bytes in, events out
     "session": _IO,
+    "plan": _IO | {"time"},  # the arbiter passes ``now``: plan.py reads no clock
 }
 
 # ARCHITECTURE §2 plus the master-side helpers: every one of these must have a layer.
@@ -203,6 +209,7 @@ def test_every_planned_module_has_a_layer(module: str) -> None:
         ("pop3d.session", "from pop3d.store import maildrop", "pop3d.store"),
         ("pop3d.session", "import psycopg2", "library psycopg2"),
         ("pop3d.master", "from pop3d import session", "pop3d.session (session)"),
+        ("pop3d.master.plan", "import time", "IO module time"),
         ("pop3d.master", "from pop3d.protocol import Connection", "pop3d.protocol"),
         ("pop3d.master", "import pop3d.worker", "pop3d.worker (worker)"),
         ("pop3d.master", "from pop3d.store.db import Database", "pop3d.store.db (store)"),
