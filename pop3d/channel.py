@@ -85,7 +85,13 @@ class Channel:
         self._proxy = ProxyHeaderParser() if proxy else None
         self._proxy_seen = b""
         self.phase = Phase.PROXY if proxy else Phase.HANDSHAKE
-        if not proxy:
+
+    def start(self) -> None:
+        """Greet, or begin the implicit-TLS handshake; with PROXY, wait for its header first.
+
+        Not part of the constructor: this IO may fail and close the channel at once, and the
+        host must already know the channel to forget it again."""
+        if self._proxy is None:
             self._after_proxy()
 
     # --- what the worker asks --------------------------------------------------------------
@@ -138,12 +144,17 @@ class Channel:
         self.phase = Phase.CLOSED
         self._out.clear()
         self._stream = None
-        if self.session is not None:
-            self.session.close(reason)
         try:
-            self.sock.close()
+            if self.session is not None:
+                self.session.close(reason)
         finally:
-            self.host.channel_closed(self, reason)
+            # The host unregisters the socket first: once closed, its fd can no longer be found
+            # in the selector (after STLS the registered object is the pre-TLS socket), and a
+            # stale entry would capture the next connection that gets the same fd number.
+            try:
+                self.host.channel_closed(self, reason)
+            finally:
+                self.sock.close()
 
     # --- PROXY header -----------------------------------------------------------------------
 
@@ -190,8 +201,12 @@ class Channel:
             return
         self.phase = Phase.HANDSHAKE
         self.phase_started = self.host.now()
-        self.sock = context.wrap_socket(self.sock, server_side=True,
-                                        do_handshake_on_connect=False)
+        try:
+            self.sock = context.wrap_socket(self.sock, server_side=True,
+                                            do_handshake_on_connect=False)
+        except OSError as exc:  # the client reset the connection already
+            self.close(f"TLS handshake failed: {_reason(exc)}")
+            return
         self._continue_handshake()
 
     def _continue_handshake(self) -> None:
@@ -231,7 +246,7 @@ class Channel:
         """Answer queued commands and write until blocked: on the client (socket full), on an
         effect (authentication, held reply), or on input (nothing left to parse)."""
         while self.phase is Phase.SESSION:
-            self._pump()
+            starved = self._pump()
             self._write()
             if self.phase is not Phase.SESSION or self._out:
                 return
@@ -242,17 +257,26 @@ class Channel:
                 self._tls_after_flush = False
                 self._start_handshake()
                 return
-            if not (self._ready_for_input() and self._tls_pending()):
+            if not self._ready_for_input():
                 return
-            self._read()
+            if self._tls_pending():
+                self._read()
+            elif starved:
+                return
+            # Otherwise the pump stopped at the high-water mark and the output has drained:
+            # pipelined commands may be waiting in the session, and no socket event will come
+            # for them, so answer them now.
 
-    def _pump(self) -> None:
+    def _pump(self) -> bool:
+        """Apply effects while the channel can take them; True when the session has none left
+        (it needs more input), False when the channel stopped taking them."""
         assert self.session is not None
         while self._ready_for_input():
             effect = self.session.next_effect()
             if effect is None:
-                return
+                return True
             self._apply(effect)
+        return False
 
     def _apply(self, effect: Effect) -> None:
         if isinstance(effect, Send):

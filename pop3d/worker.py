@@ -71,6 +71,7 @@ class Worker(ChannelHost):
         self.channels: set[Channel] = set()
         self._ids = itertools.count(1)
         self._holds: list[tuple[float, int, Channel]] = []
+        self._hold_order = itertools.count()  # ties in time never compare two channels
         self._done_jobs: deque[AuthJob] = deque()
         self._accepting = False
         self._draining_until: float | None = None
@@ -146,6 +147,9 @@ class Worker(ChannelHost):
 
     def _tick(self, now: float) -> None:
         self._expire_idle(now)
+        if self._draining_until is None and \
+                len(self.channels) < self.config.server.worker_connections:
+            self._set_accepting(True)
         self.services.periodic()
         sessions = len(self.channels)
         self.heartbeat.beat(sessions)
@@ -179,14 +183,23 @@ class Worker(ChannelHost):
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE, ENOBUFS: keep serving who we have
-                log.error("accept on %s failed: %s", listener.address, exc.strerror)
+                # The listener stays readable: retrying at once would spin (and flood the log).
+                # The next tick accepts again; the connection waits in the backlog meanwhile.
+                log.error("accept on %s failed: %s; retrying in %g s", listener.address,
+                          exc.strerror, TICK)
+                self._set_accepting(False)
                 return
             self._adopt(sock, address[0], listener)
 
     def _adopt(self, sock: socket.socket, client_ip: str, listener: Listener) -> None:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        except OSError as exc:  # gone between accept() and now: nothing to serve
+            log.debug("connection from %s lost at once: %s", client_ip, exc.strerror)
+            sock.close()
+            return
         if client_ip.startswith("::ffff:"):
             client_ip = client_ip[len("::ffff:"):]
         self.services.metrics.incr("connections")
@@ -200,7 +213,7 @@ class Worker(ChannelHost):
             proxy=self.config.server.proxy_protocol), sock)
         if channel is not None:
             self.channels.add(channel)
-            self._watch(channel)
+            self._run(channel, channel.start)
 
     def _guard(self, make: Callable[[], Channel], sock: socket.socket) -> Channel | None:
         try:
@@ -275,7 +288,7 @@ class Worker(ChannelHost):
             self._wake_w.send(JOB_DONE)
 
     def hold_until(self, channel: Channel, when: float) -> None:
-        heapq.heappush(self._holds, (when, id(channel), channel))
+        heapq.heappush(self._holds, (when, next(self._hold_order), channel))
 
     def channel_closed(self, channel: Channel, reason: str) -> None:
         if channel not in self.channels:

@@ -251,3 +251,13 @@ def start_master(tmp_path: Path) -> Iterator[Callable[..., MasterHandle]]:
     yield start
     for handle in handles:
         handle.stop()
+
+
+# Fixtures for tests of the whole server (real worker, PostgreSQL, TLS).  Imported last: they
+# build on the helpers above.
+from .server_fixtures import (  # noqa: E402, F401
+    mail_store,
+    start_module_server,
+    start_server,
+    tls_client_context,
+)
