@@ -59,6 +59,8 @@ class ChannelHost(Protocol):
 
     def hold_until(self, channel: Channel, when: float) -> None: ...
 
+    def count(self, metric: str) -> None: ...
+
     def channel_closed(self, channel: Channel, reason: str) -> None: ...
 
 
@@ -220,8 +222,10 @@ class Channel:
             self._handshake_wants = selectors.EVENT_WRITE
             return
         except (ssl.SSLError, OSError) as exc:
+            self.host.count("tls.failures")
             self.close(f"TLS handshake failed: {_reason(exc)}")
             return
+        self.host.count("tls.handshakes")
         if self.session is None:
             self._open_session(tls=True)
         else:

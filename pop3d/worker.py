@@ -213,6 +213,7 @@ class Worker(ChannelHost):
             proxy=self.config.server.proxy_protocol), sock)
         if channel is not None:
             self.channels.add(channel)
+            self.services.metrics.gauge_delta("sessions.active", 1)
             self._run(channel, channel.start)
 
     def _guard(self, make: Callable[[], Channel], sock: socket.socket) -> Channel | None:
@@ -287,6 +288,9 @@ class Worker(ChannelHost):
         with contextlib.suppress(OSError):  # a full wakeup socket means the loop is awake
             self._wake_w.send(JOB_DONE)
 
+    def count(self, metric: str) -> None:
+        self.services.metrics.incr(metric)
+
     def hold_until(self, channel: Channel, when: float) -> None:
         heapq.heappush(self._holds, (when, next(self._hold_order), channel))
 
@@ -294,6 +298,7 @@ class Worker(ChannelHost):
         if channel not in self.channels:
             return
         self.channels.discard(channel)
+        self.services.metrics.gauge_delta("sessions.active", -1)
         with contextlib.suppress(KeyError, ValueError):  # not registered, or already closed
             self.selector.unregister(channel.sock)
         log.debug("connection from %s closed: %s", channel.client_ip, reason)

@@ -20,7 +20,7 @@ fi
 "$POP3D" key list "$DEMO" -c "$CONFIG" |
     awk -F'\t' '$3 == "demo" && $NF == "active" {print $1}' |
     while read -r old; do "$POP3D" key revoke "$old" -c "$CONFIG" >/dev/null; done
-KEY=$("$POP3D" key create "$DEMO" --name demo -c "$CONFIG")
+KEY=$("$POP3D" key create "$DEMO" --name demo -c "$CONFIG" 2>/dev/null)
 
 listen_port() {
     python3 -c 'import sys, tomllib
