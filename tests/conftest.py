@@ -47,16 +47,17 @@ def _admin_connection(services: dict[str, str]) -> psycopg2.extensions.connectio
 
 
 @pytest.fixture(scope="session")
-def make_database(services: dict[str, str]) -> Iterator[Callable[[], str]]:
-    """A factory: each call creates an empty database and returns its DSN; all are dropped at
-    the end of the test session."""
+def make_database(services: dict[str, str]) -> Iterator[Callable[..., str]]:
+    """A factory: each call creates a database (empty, or a copy of the database named by
+    ``template``) and returns its DSN; all are dropped at the end of the test session."""
     created: list[str] = []
     admin = _admin_connection(services)
 
-    def create() -> str:
+    def create(template: str | None = None) -> str:
         name = f"pop3d_t_{uuid.uuid4().hex[:12]}"
+        copy = f' TEMPLATE "{template}"' if template else ""
         with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
+            cur.execute(f'CREATE DATABASE "{name}"{copy}')
         created.append(name)
         return psycopg2.extensions.make_dsn(services["POP3D_TEST_DSN"], dbname=name)
 

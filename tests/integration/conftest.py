@@ -1,12 +1,12 @@
 """Fixtures for tests against the private PostgreSQL: a fresh, migrated database per test.
 
 The schema is migrated once per test session into a template database; each test gets a
-``CREATE DATABASE ... TEMPLATE`` copy (tens of milliseconds), dropped when the test ends.
+``CREATE DATABASE ... TEMPLATE`` copy (tens of milliseconds); all are dropped when the test
+session ends.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,26 +36,10 @@ def template_dsn(make_database: Callable[[], str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def clone_database(services: dict[str, str], template_dsn: str) -> Iterator[Callable[[], str]]:
+def clone_database(make_database: Callable[..., str], template_dsn: str) -> Callable[[], str]:
     """A factory of fresh databases copied from the migrated template."""
-    admin = psycopg2.connect(psycopg2.extensions.make_dsn(services["POP3D_TEST_DSN"],
-                                                          dbname="postgres"))
-    admin.autocommit = True
     template = psycopg2.extensions.parse_dsn(template_dsn)["dbname"]
-    created: list[str] = []
-
-    def clone() -> str:
-        name = f"pop3d_c_{uuid.uuid4().hex[:12]}"
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-        created.append(name)
-        return psycopg2.extensions.make_dsn(services["POP3D_TEST_DSN"], dbname=name)
-
-    yield clone
-    with admin.cursor() as cur:
-        for name in created:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    return lambda: make_database(template=template)
 
 
 @pytest.fixture
