@@ -179,16 +179,15 @@ def _delete(cur: Cursor, *, user: str, emails: list[str]) -> None:
         "SELECT e.id FROM emails e WHERE e.id = ANY(%s::uuid[]) AND EXISTS"
         " (SELECT 1 FROM email_recipients r WHERE r.email_id = e.id AND r.user_id = %s)"
         " ORDER BY e.id FOR UPDATE OF e", (emails, user))
+    mine = [str(email_id) for (email_id,) in cur.fetchall()]
+    # To/Cc rows are unlinked rather than deleted: they still name the recipients a rendered
+    # message lists, so its bytes (and the size other users' sessions announced) never change.
     cur.execute(
         "DELETE FROM email_recipients WHERE user_id = %s AND email_id = ANY(%s::uuid[])"
-        " RETURNING email_id::text, kind", (user, emails))
-    removed = cur.fetchall()
-    mine = sorted({email for email, _ in removed})
+        " AND kind = 'bcc'", (user, mine))
+    cur.execute(
+        "UPDATE email_recipients SET user_id = NULL WHERE user_id = %s"
+        " AND email_id = ANY(%s::uuid[])", (user, mine))
     cur.execute(
         "DELETE FROM emails e WHERE e.id = ANY(%s::uuid[]) AND NOT EXISTS (SELECT 1"
         " FROM email_recipients r WHERE r.email_id = e.id AND r.user_id IS NOT NULL)", (mine,))
-    # A rendered message lists To and Cc recipients: without this user's row its bytes (and
-    # size) change, so the size is recomputed by the next snapshot.
-    shown = sorted({email for email, kind in removed if kind != "bcc"})
-    cur.execute(
-        "UPDATE emails SET size = NULL WHERE id = ANY(%s::uuid[]) AND raw IS NULL", (shown,))

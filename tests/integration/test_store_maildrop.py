@@ -176,26 +176,36 @@ def test_user_cannot_delete_an_unreferenced_email_by_id(
     assert _exists(mail, orphan)
 
 
-def test_deleting_a_to_recipient_of_a_rendered_email_resets_its_size(
+def test_deleting_a_to_recipient_keeps_a_rendered_email_byte_identical(
         maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
-    email_id = mail.email([_to(users["a"]), _to(users["b"], "b")], text_body="hi")
-    size_before = maildrop.snapshot(users["b"], 10)[0].size
+    email_id = mail.email([_to(users["a"]), _to(users["b"], "b"), _to(users["c"], "c", "bcc")],
+                          text_body="hi")
+    [before] = maildrop.snapshot(users["b"], 10)
+    rendered = b"".join(maildrop.open_message(users["b"], email_id))
     maildrop.delete(users["a"], [email_id])
-    [info] = maildrop.snapshot(users["b"], 10)
-    assert info.size == len(b"".join(maildrop.open_message(users["b"], email_id)))
-    assert info.size == size_before - len(" a@example.com,")
+    maildrop.delete(users["c"], [email_id])
+    assert maildrop.snapshot(users["a"], 10) == []
+    assert maildrop.snapshot(users["c"], 10) == []
+    assert maildrop.snapshot(users["b"], 10) == [before]
+    assert b"".join(maildrop.open_message(users["b"], email_id)) == rendered
+    assert len(rendered) == before.size
+    assert b"a@example.com" in rendered
+    # The deleting users' rows are no longer theirs: the To row stays unlinked, the Bcc row goes.
+    rows = mail.scalar("SELECT array_agg(kind || ':' || coalesce(user_id::text, '-')"
+                       " ORDER BY kind, address) FROM email_recipients")
+    assert rows == ["to:-", f"to:{users['b']}"]
 
 
 def test_concurrent_deletion_by_two_users_leaves_no_orphan(
         dsn: str, mail: MailWriter, users: dict[str, str]) -> None:
     shared = [mail.email([_to(users["a"]), _to(users["b"], "b")], raw=RAW,
                          attachments=[Attachment(b"x")]) for _ in range(10)]
-    # Widen the race: each deletion of a recipient row pauses, so both transactions are past
-    # their own row's deletion before either checks whether the email is still referenced.
+    # Widen the race: each unlinking of a recipient row pauses, so both transactions are past
+    # their own row's unlinking before either checks whether the email is still referenced.
     mail.execute("""
         CREATE FUNCTION pause() RETURNS trigger LANGUAGE plpgsql AS
         $$ BEGIN PERFORM pg_sleep(0.05); RETURN OLD; END $$;
-        CREATE TRIGGER pause AFTER DELETE ON email_recipients FOR EACH ROW
+        CREATE TRIGGER pause AFTER DELETE OR UPDATE ON email_recipients FOR EACH ROW
         EXECUTE FUNCTION pause();
     """)
     barrier = threading.Barrier(2)
