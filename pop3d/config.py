@@ -451,8 +451,13 @@ def is_trusted(config: Config, ip: str) -> bool:
     return any(address in net for net in config.server.trusted_networks)
 
 
+# Made once when the master imports this module; the workers fork from the master, so they all
+# share it, and the cache entries one worker writes are the ones another reads.
+_START_SECRET = os.urandom(32)
+
+
 def read_secret(config: Config) -> bytes:
-    """The auth-cache HMAC key: the secret file's bytes, or a random per-start key."""
+    """The auth-cache HMAC key: the secret file's bytes, or a random key made at start."""
     if not config.auth.secret_file:
-        return os.urandom(32)
+        return _START_SECRET
     return Path(config.auth.secret_file).read_bytes().strip()
