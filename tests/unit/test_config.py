@@ -256,7 +256,7 @@ def test_check_config_in_a_real_process(tmp_path: Path) -> None:
 
 
 def test_without_a_secret_file_every_caller_gets_the_same_start_secret(tmp_path: Path) -> None:
-    loaded, _ = load(_write(tmp_path, "[auth]\nsecret_file = \"\"\n"))
+    loaded, _ = load(_write(tmp_path, "[server]\ntls_listen = []\n[auth]\nsecret_file = \"\"\n"))
     first = config.read_secret(loaded)
     assert len(first) == 32
     assert config.read_secret(loaded) == first
