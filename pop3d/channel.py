@@ -24,17 +24,15 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Protocol
 
-from pop3d.errors import Pop3dError
-from pop3d.ports import Credentials, Principal
 from pop3d.protocol.proxy import ProxyHeaderParser
-from pop3d.session import Authenticate, Effect, Peer, Send, Session, StartTls
+from pop3d.session import Authenticate, Effect, LoginGrant, Peer, Send, Session, StartTls
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536  # one recv; the input a channel can hold unparsed is bounded by this
 HIGH_WATER = 512 * 1024  # stop producing output (and reading) above this many queued octets
 WRITE_SIZE = 256 * 1024  # at most this much per send(); TLS retries the same prefix
-PROXY_PEEK = 536  # PROXY v2 header (16) + the largest address block we accept, v1 is <= 107
+PROXY_PEEK = 536  # bytes peeked per read: a v1 header (<= 107) or a usual v2 one in one go
 
 
 class Phase(enum.Enum):
@@ -53,9 +51,9 @@ class ChannelHost(Protocol):
 
     def open_session(self, channel: Channel, peer: Peer) -> Session: ...
 
-    def peer_for(self, client_ip: str, tls: bool) -> Peer: ...
+    def peer_for(self, client_ip: str, tls: bool, *, known_source: bool) -> Peer: ...
 
-    def submit_auth(self, channel: Channel, credentials: Credentials) -> None: ...
+    def submit_login(self, channel: Channel, login: Authenticate) -> None: ...
 
     def hold_until(self, channel: Channel, when: float) -> None: ...
 
@@ -86,6 +84,9 @@ class Channel:
         self._handshake_wants = selectors.EVENT_READ
         self._proxy = ProxyHeaderParser() if proxy else None
         self._proxy_seen = b""
+        # False when a PROXY header named no client (v1 UNKNOWN, v2 LOCAL): then client_ip is
+        # the proxy's own address, which must not earn the trust of trusted_networks.
+        self._known_source = True
         self.phase = Phase.PROXY if proxy else Phase.HANDSHAKE
 
     def start(self) -> None:
@@ -114,6 +115,12 @@ class Channel:
     def authenticated(self) -> bool:
         return self.session is not None and self.session.authenticated
 
+    @property
+    def waiting(self) -> bool:
+        """The server, not the client, owes the next step (a login running, a reply held):
+        idle timeouts do not apply."""
+        return self._awaiting_auth or self._held is not None
+
     def on_event(self, mask: int) -> None:
         """The socket is readable and/or writable."""
         if self.phase is Phase.PROXY:
@@ -125,9 +132,10 @@ class Channel:
                 self._read()
             self._progress()
 
-    def on_auth_done(self, outcome: Principal | Pop3dError) -> None:
-        """The authenticator finished on the thread pool; back on the loop now."""
+    def on_login_done(self, outcome: LoginGrant | Exception) -> None:
+        """The login finished on the thread pool; back on the loop now."""
         self._awaiting_auth = False
+        self.last_activity = self.host.now()
         if self.session is not None and self.phase is Phase.SESSION:
             self._apply(self.session.login_done(outcome))
             self._progress()
@@ -135,6 +143,7 @@ class Channel:
     def on_hold_expired(self) -> None:
         """A delayed reply (authentication failure) may go out now."""
         held, self._held = self._held, None
+        self.last_activity = self.host.now()
         if held is not None and self.phase is Phase.SESSION:
             self._queue(held)
             self._progress()
@@ -184,6 +193,8 @@ class Channel:
             self.sock.recv(result.consumed - len(self._proxy_seen))
             if result.source_ip:
                 self.client_ip = result.source_ip
+            else:
+                self._known_source = False
             self._after_proxy()
 
     def _after_proxy(self) -> None:
@@ -238,7 +249,8 @@ class Channel:
     def _open_session(self, *, tls: bool) -> None:
         self.phase = Phase.SESSION
         self.last_activity = self.host.now()
-        self.session = self.host.open_session(self, self.host.peer_for(self.client_ip, tls))
+        peer = self.host.peer_for(self.client_ip, tls, known_source=self._known_source)
+        self.session = self.host.open_session(self, peer)
         self._append(self.session.greeting())
 
     def _ready_for_input(self) -> bool:
@@ -279,6 +291,8 @@ class Channel:
             effect = self.session.next_effect()
             if effect is None:
                 return True
+            # Idle means "no command": a client dripping bytes that never make a line is idle.
+            self.last_activity = self.host.now()
             self._apply(effect)
         return False
 
@@ -294,7 +308,7 @@ class Channel:
             self._tls_after_flush = True
         elif isinstance(effect, Authenticate):
             self._awaiting_auth = True
-            self.host.submit_auth(self, effect.credentials)
+            self.host.submit_login(self, effect)
 
     def _queue(self, send: Send) -> None:
         if isinstance(send.data, bytes | bytearray | memoryview):
@@ -334,7 +348,6 @@ class Channel:
             self.close("client closed the connection")
             return
         assert self.session is not None
-        self.last_activity = self.host.now()
         self.session.feed(data)
 
     def _tls_pending(self) -> bool:

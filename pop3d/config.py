@@ -26,6 +26,9 @@ DEFAULT_PATH = "/etc/pop3d.toml"
 RFC1939_MIN_IDLE = 600  # RFC 1939 section 3: the autologout timer must be at least 10 minutes
 TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_LINE_LENGTH = 65536  # a command line, PASS and AUTH included, never needs more
+# Each step doubles bcrypt's work: 16 is about 4 s per login, more would stall worker boots.
+MAX_BCRYPT_COST = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,7 @@ class LimitsConfig:
 class DatabaseConfig:
     dsn: str = "postgresql:///mail"
     connect_timeout: int = 5
-    statement_timeout: float = 30.0
+    statement_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,8 +317,8 @@ def _at_least(c: _Collector, key: str, value: float, minimum: float) -> None:
 
 def _check_server(config: Config, c: _Collector) -> None:
     s = config.server
-    if not s.name or any(ch.isspace() for ch in s.name):
-        c.error("server.name", "must be a non-empty name without spaces")
+    if not s.name or not s.name.isascii() or not s.name.isprintable() or " " in s.name:
+        c.error("server.name", "must be a non-empty printable ASCII name without spaces")
     if not s.listen and not s.tls_listen:
         c.error("server.listen", "no listen or tls_listen address: the server would serve nobody")
     _at_least(c, "server.workers", s.workers, 0)
@@ -359,10 +362,11 @@ def _check_tls(config: Config, c: _Collector) -> None:
     if not t.key:
         c.error("tls.key", "required when tls.cert is set")
         return
-    for key, path in (("tls.cert", t.cert), ("tls.key", t.key)):
-        if not os.path.isfile(path):
-            c.error(key, f"file not found: {path}")
-    if not c.problems:
+    missing = [(key, path) for key, path in (("tls.cert", t.cert), ("tls.key", t.key))
+               if not os.path.isfile(path)]
+    for key, path in missing:
+        c.error(key, f"file not found: {path}")
+    if not missing:
         _try_load_certificate(t, c)
 
 
@@ -377,6 +381,8 @@ def _try_load_certificate(t: TlsConfig, c: _Collector) -> None:
 def _check_limits(config: Config, c: _Collector) -> None:
     lim = config.limits
     _at_least(c, "limits.line_length", lim.line_length, 512)  # RFC 2449: commands up to 255
+    if lim.line_length > MAX_LINE_LENGTH:
+        c.error("limits.line_length", f"must be at most {MAX_LINE_LENGTH}, got {lim.line_length}")
     _at_least(c, "limits.login_timeout", lim.login_timeout, 1)
     _at_least(c, "limits.idle_timeout", lim.idle_timeout, 1)
     _at_least(c, "limits.max_connections_per_user", lim.max_connections_per_user, 1)
@@ -390,7 +396,11 @@ def _check_database(config: Config, c: _Collector) -> None:
     if not config.database.dsn.strip():
         c.error("database.dsn", "must not be empty")
     _at_least(c, "database.connect_timeout", config.database.connect_timeout, 1)
-    _at_least(c, "database.statement_timeout", config.database.statement_timeout, 0)
+    timeout, heartbeat = config.database.statement_timeout, config.server.worker_timeout
+    if not 0 < timeout < heartbeat:
+        c.error("database.statement_timeout",
+                f"must be above 0 and below server.worker_timeout ({heartbeat:g} s), got "
+                f"{timeout:g}: a query that runs longer stalls a worker until it is killed")
 
 
 def _check_memcached(config: Config, c: _Collector) -> None:
@@ -411,10 +421,13 @@ def _check_auth(config: Config, c: _Collector) -> None:
     _at_least(c, "auth.max_failures", a.max_failures, 1)
     _at_least(c, "auth.lockout", a.lockout, 0)
     _at_least(c, "auth.threads", a.threads, 1)
-    if not 4 <= a.bcrypt_cost <= 31:
-        c.error("auth.bcrypt_cost", f"must be 4-31 (bcrypt's range), got {a.bcrypt_cost}")
+    if not 4 <= a.bcrypt_cost <= MAX_BCRYPT_COST:
+        c.error("auth.bcrypt_cost", f"must be 4-{MAX_BCRYPT_COST}, got {a.bcrypt_cost}")
     elif a.bcrypt_cost < 10:
         c.warn("auth.bcrypt_cost", f"{a.bcrypt_cost} is cheap to brute-force; 10 or more is usual")
+    elif a.bcrypt_cost > 12:
+        c.warn("auth.bcrypt_cost", f"{a.bcrypt_cost} costs about {2 ** (a.bcrypt_cost - 12) / 4:g}"
+               " s of CPU per login")
     if a.allow_plaintext:
         c.warn("auth.allow_plaintext", "keys may cross the network unencrypted")
 

@@ -8,7 +8,8 @@ in-process registry for the per-user session limit.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from pop3d.adapters.local import LocalRegistry
 from pop3d.adapters.statsd import NullMetrics, StatsdMetrics
@@ -26,6 +27,20 @@ class WorkerServices:
     registry: Registry
     metrics: StatsdMetrics | NullMetrics
     database: Database
+    _threads: threading.local = field(default_factory=threading.local)
+    _thread_databases: list[Database] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def thread_maildrop(self) -> PgMaildrop:
+        """A maildrop on the calling pool thread's own connection (logins take their snapshot
+        off the loop, in parallel)."""
+        maildrop: PgMaildrop | None = getattr(self._threads, "maildrop", None)
+        if maildrop is None:
+            database = Database(self.database.settings)
+            with self._lock:
+                self._thread_databases.append(database)
+            maildrop = self._threads.maildrop = PgMaildrop(database)
+        return maildrop
 
     def periodic(self) -> None:
         """Called from the worker's loop about once a second."""
@@ -34,7 +49,8 @@ class WorkerServices:
     def close(self) -> None:
         self.authenticator.flush_touches(force=True)
         self.credentials.close()
-        self.database.close()
+        for database in (self.database, *self._thread_databases):
+            database.close()
         self.metrics.close()
 
 

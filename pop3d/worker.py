@@ -40,11 +40,10 @@ from setproctitle import setproctitle
 from pop3d import log as logsetup
 from pop3d.channel import Channel, ChannelHost, Phase
 from pop3d.config import TLS_VERSIONS, Config, is_trusted
-from pop3d.errors import EXIT_OK, EXIT_WORKER_BOOT_ERROR, Pop3dError
+from pop3d.errors import EXIT_OK, EXIT_WORKER_BOOT_ERROR
 from pop3d.heartbeat import Heartbeat
-from pop3d.ports import Credentials, Principal
 from pop3d.services import WorkerServices, build_services
-from pop3d.session import Peer, Services, Session, SessionSettings
+from pop3d.session import Authenticate, LoginGrant, Peer, Services, Session, SessionSettings
 from pop3d.sockets import Listener
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ TICK = 1.0  # seconds between timeout scans and heartbeats
 FAST_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
 JOB_DONE = b"\0"  # written to the wakeup socket by the auth thread pool; signals write 1..64
 
-AuthJob = tuple[Channel, "Future[Principal]"]
+LoginJob = tuple[Channel, "Future[LoginGrant]"]
 
 
 class Worker(ChannelHost):
@@ -72,7 +71,7 @@ class Worker(ChannelHost):
         self._ids = itertools.count(1)
         self._holds: list[tuple[float, int, Channel]] = []
         self._hold_order = itertools.count()  # ties in time never compare two channels
-        self._done_jobs: deque[AuthJob] = deque()
+        self._done_jobs: deque[LoginJob] = deque()
         self._accepting = False
         self._draining_until: float | None = None
         self._stopped = False
@@ -213,7 +212,6 @@ class Worker(ChannelHost):
             proxy=self.config.server.proxy_protocol), sock)
         if channel is not None:
             self.channels.add(channel)
-            self.services.metrics.gauge_delta("sessions.active", 1)
             self._run(channel, channel.start)
 
     def _guard(self, make: Callable[[], Channel], sock: socket.socket) -> Channel | None:
@@ -266,8 +264,8 @@ class Worker(ChannelHost):
     def now(self) -> float:
         return time.monotonic()
 
-    def peer_for(self, client_ip: str, tls: bool) -> Peer:
-        trusted = is_trusted(self.config, client_ip)
+    def peer_for(self, client_ip: str, tls: bool, *, known_source: bool) -> Peer:
+        trusted = known_source and is_trusted(self.config, client_ip)
         return Peer(client_ip=client_ip, tls=tls,
                     plaintext_ok=trusted or self.config.auth.allow_plaintext,
                     stls_available=self.tls_context is not None and not tls)
@@ -278,11 +276,15 @@ class Worker(ChannelHost):
                             metrics=self.services.metrics)
         return Session(self.settings, services, peer, session_id=session_id)
 
-    def submit_auth(self, channel: Channel, credentials: Credentials) -> None:
-        future = self.pool.submit(self.services.authenticator.authenticate, credentials)
+    def submit_login(self, channel: Channel, login: Authenticate) -> None:
+        # bcrypt and the snapshot query run on the pool, each thread with its own connection.
+        future = self.pool.submit(self._login_job, login)
         future.add_done_callback(lambda done: self._job_done(channel, done))
 
-    def _job_done(self, channel: Channel, future: Future[Principal]) -> None:
+    def _login_job(self, login: Authenticate) -> LoginGrant:
+        return login.run(self.services.authenticator, self.services.thread_maildrop())
+
+    def _job_done(self, channel: Channel, future: Future[LoginGrant]) -> None:
         # Runs on a pool thread: hand over to the loop and wake it.
         self._done_jobs.append((channel, future))
         with contextlib.suppress(OSError):  # a full wakeup socket means the loop is awake
@@ -298,7 +300,6 @@ class Worker(ChannelHost):
         if channel not in self.channels:
             return
         self.channels.discard(channel)
-        self.services.metrics.gauge_delta("sessions.active", -1)
         with contextlib.suppress(KeyError, ValueError):  # not registered, or already closed
             self.selector.unregister(channel.sock)
         log.debug("connection from %s closed: %s", channel.client_ip, reason)
@@ -311,7 +312,7 @@ class Worker(ChannelHost):
         while self._done_jobs:
             channel, future = self._done_jobs.popleft()
             if channel in self.channels:
-                self._run(channel, functools.partial(channel.on_auth_done, _outcome(future)))
+                self._run(channel, functools.partial(channel.on_login_done, _outcome(future)))
 
     def _release_holds(self, now: float) -> None:
         while self._holds and self._holds[0][0] <= now:
@@ -334,7 +335,8 @@ class Worker(ChannelHost):
         if channel.phase is Phase.HANDSHAKE and waited > self.config.tls.handshake_timeout:
             return "TLS handshake timeout"
         idle = limits.idle_timeout if channel.authenticated else limits.login_timeout
-        if channel.phase is Phase.SESSION and now - channel.last_activity > idle:
+        if channel.phase is Phase.SESSION and not channel.waiting \
+                and now - channel.last_activity > idle:
             return "idle timeout" if channel.authenticated else "login timeout"
         return ""
 
@@ -381,15 +383,12 @@ def _record_signal(signum: int, frame: object) -> None:
     """Installed so set_wakeup_fd delivers the signal number to the loop."""
 
 
-def _outcome(future: Future[Principal]) -> Principal | Pop3dError:
+def _outcome(future: Future[LoginGrant]) -> LoginGrant | Exception:
+    """The job's result, or the exception it raised (the session turns it into a reply)."""
     error = future.exception()
     if error is None:
         return future.result()
-    if isinstance(error, Pop3dError):
-        return error
-    log.error("authentication failed unexpectedly: %s", error.__class__.__name__,
-              exc_info=error)
-    return Pop3dError()
+    return error if isinstance(error, Exception) else Exception(repr(error))
 
 
 def build_tls_context(config: Config) -> ssl.SSLContext | None:

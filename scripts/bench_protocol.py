@@ -27,7 +27,15 @@ from collections.abc import Callable, Iterator, Sequence
 
 from pop3d.ports import MessageInfo, Principal
 from pop3d.protocol.writer import dot_stuff
-from pop3d.session import Authenticate, Peer, Send, Services, Session, SessionSettings
+from pop3d.session import (
+    Authenticate,
+    LoginGrant,
+    Peer,
+    Send,
+    Services,
+    Session,
+    SessionSettings,
+)
 
 CHUNK = 64 * 1024
 READ_SIZE = 64 * 1024  # one recv of the worker (pop3d/channel.py)
@@ -85,7 +93,8 @@ def logged_in_session(maildrop: MemoryMaildrop) -> Session:
     session.feed(b"USER bench@example.com\r\nPASS key\r\n")
     while (effect := session.next_effect()) is not None:
         if isinstance(effect, Authenticate):
-            session.login_done(Principal(USER, "k", "bench@example.com"))
+            principal = Principal(USER, "k", "bench@example.com")
+            session.login_done(LoginGrant(principal, maildrop.snapshot(USER, 10000)))
     assert session.authenticated
     return session
 

@@ -22,10 +22,6 @@ class StatsdMetrics:
     def gauge(self, name: str, value: float) -> None:
         self._client.gauge(name, value)
 
-    def gauge_delta(self, name: str, delta: float) -> None:
-        """Move a gauge shared by several processes up or down (statsd's ``+n``/``-n``)."""
-        self._client.gauge(name, delta, delta=True)
-
     def timing(self, name: str, milliseconds: float) -> None:
         self._client.timing(name, milliseconds)
 
@@ -40,9 +36,6 @@ class NullMetrics:
         pass
 
     def gauge(self, name: str, value: float) -> None:
-        pass
-
-    def gauge_delta(self, name: str, delta: float) -> None:
         pass
 
     def timing(self, name: str, milliseconds: float) -> None:

@@ -165,6 +165,7 @@ class SaslLogin:
     username: str
     password: str = field(repr=False)
     mechanism: str
+    authzid: str = ""  # PLAIN's authorization identity; the session decides whether to allow it
 
 
 class SaslExchange:
@@ -199,10 +200,7 @@ def _plain_login(message: bytes) -> Err | SaslLogin:
     if parsed is None:
         return Err("Malformed PLAIN credentials")
     authzid, authcid, password = parsed
-    # RFC 4616 §2: acting as another identity is a policy decision; ours is "never".
-    if authzid and authzid.lower() != authcid.lower():
-        return Err("[AUTH] Authorization identity must match the login")
-    return SaslLogin(authcid, password, "PLAIN")
+    return SaslLogin(authcid, password, "PLAIN", authzid)
 
 
 def parse_sasl_response(line: bytes) -> SaslResponse | SaslCancel | BadCommand:

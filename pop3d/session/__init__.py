@@ -9,6 +9,7 @@ from pop3d.session.mailbox import Mailbox
 from pop3d.session.values import (
     Authenticate,
     Effect,
+    LoginGrant,
     Peer,
     Send,
     Services,
@@ -20,6 +21,7 @@ from pop3d.session.values import (
 __all__ = [
     "Authenticate",
     "Effect",
+    "LoginGrant",
     "Mailbox",
     "Peer",
     "Send",

@@ -27,6 +27,7 @@ from pop3d.session.mailbox import Mailbox
 from pop3d.session.values import (
     Authenticate,
     Effect,
+    LoginGrant,
     Peer,
     Send,
     Services,
@@ -38,10 +39,12 @@ from pop3d.session.values import (
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "Internal server error"
+AUTHZID_REFUSED = "[AUTH] Authorization identity must match the login"
+MAX_FAILED_LOGINS = 3  # per connection, then close (the rate limiter counts per address)
 TLS_REQUIRED = "[AUTH] Plaintext login refused: TLS required"  # RFC 2595 §2.1, RFC 3206 [AUTH]
 _NOOP = ev.Ok()
 
-_Result = ev.Reply | Authenticate
+_Result = ev.Reply | Authenticate | Send
 _Handler = Callable[["Session", Any], _Result]
 
 
@@ -70,6 +73,8 @@ class Session:
         self._username: str | None = None  # from USER, until PASS
         self._sasl: SaslExchange | None = None
         self._attempt: Credentials | None = None  # while an Authenticate is outstanding
+        self._attempt_started = 0.0
+        self._failed_logins = 0
         self._principal: Principal | None = None
         self._box: Mailbox | None = None
         self._bad_commands = 0
@@ -110,27 +115,26 @@ class Session:
             return None
         return self._effect(self._dispatch(event))
 
-    def login_done(self, result: Principal | Exception) -> Send:
-        """The outcome of the Authenticate effect: the principal, or the error it raised."""
+    def login_done(self, result: LoginGrant | Exception) -> Send:
+        """The outcome of the Authenticate effect: what ``Authenticate.run`` returned, or the
+        error it raised."""
         attempt, self._attempt = self._attempt, None
         if attempt is None:
             raise LocalProtocolError("login_done() without an outstanding Authenticate")
         if self._finished:
             return Send(b"", close=True)
-        if isinstance(result, Principal):
+        if isinstance(result, LoginGrant):
             try:
                 reply = self._log_in(result, attempt.mechanism)
             except Exception as error:
                 reply = ev.Err(self._reply_for(error, "login"))
             return self._send(self._conn.send(reply))
-        self._metrics.incr("auth.failures")
         log.info(
-            "login failed user=%r method=%s ip=%s session=%s: %s",
-            attempt.username, attempt.mechanism, attempt.client_ip, self._id,
+            "login failed user=%s method=%s ip=%s session=%s: %s",
+            _loggable_user(attempt.username), attempt.mechanism, attempt.client_ip, self._id,
             result.reply if isinstance(result, Pop3dError) else type(result).__name__,
         )  # fmt: skip
-        reply = ev.Err(self._reply_for(result, "authentication"))
-        return self._send(self._conn.send(reply), self._settings.failure_delay)
+        return self._refuse(ev.Err(self._reply_for(result, "authentication")))
 
     def tls_started(self) -> None:
         """The STLS handshake succeeded: drop what was buffered before it, forget USER."""
@@ -170,7 +174,7 @@ class Session:
         return INTERNAL_ERROR
 
     def _effect(self, result: _Result) -> Effect:
-        if isinstance(result, Authenticate):
+        if isinstance(result, Authenticate | Send):
             return result
         if isinstance(result, ev.Body):
             return self._send(self._conn.send_stream(result))
@@ -263,26 +267,40 @@ class Session:
         return ev.Err("Authentication cancelled")
 
     def _sasl_result(self, result: ev.Continue | ev.Err | SaslLogin) -> _Result:
-        if isinstance(result, SaslLogin):
-            return self._authenticate(result.username, result.password, result.mechanism)
-        return result
+        if not isinstance(result, SaslLogin):
+            return result
+        # RFC 4616 §2: acting as another identity is a policy decision; ours is "never".
+        if result.authzid and result.authzid.lower() != result.username.lower():
+            self._metrics.incr("auth.attempts")
+            return self._refuse(ev.Err(AUTHZID_REFUSED))
+        return self._authenticate(result.username, result.password, result.mechanism)
 
     def _authenticate(self, username: str, password: str, mechanism: str) -> Authenticate:
         self._attempt = Credentials(username, password, self._peer.client_ip, mechanism)
+        self._attempt_started = self._clock()
         self._metrics.incr("auth.attempts")
-        return Authenticate(self._attempt)
+        return Authenticate(self._attempt, self._settings.max_messages)
 
-    def _log_in(self, principal: Principal, mechanism: str) -> ev.Reply:
+    def _refuse(self, reply: ev.Err) -> Send:
+        """A failed login: answered once ``failure_delay`` has passed since the attempt began
+        (a floor, so slow and fast failures look alike), and the connection closed after
+        MAX_FAILED_LOGINS of them."""
+        self._metrics.incr("auth.failures")
+        self._failed_logins += 1
+        if self._failed_logins >= MAX_FAILED_LOGINS:
+            self._end_reason = "too many failed logins"
+        elapsed = self._clock() - self._attempt_started if self._attempt_started else 0.0
+        self._attempt_started = 0.0
+        delay = max(0.0, self._settings.failure_delay - elapsed)
+        return self._send(self._conn.send(reply), delay)
+
+    def _log_in(self, grant: LoginGrant, mechanism: str) -> ev.Reply:
+        principal = grant.principal
         limit = self._settings.max_connections_per_user
         if not self._registry.acquire(principal.user_id, self._id, limit):
             self._metrics.incr("in_use")
             return ev.Err(InUse.reply)
-        try:
-            messages = self._maildrop.snapshot(principal.user_id, self._settings.max_messages)
-        except BaseException:
-            self._release(principal.user_id)
-            raise
-        self._principal, self._box = principal, Mailbox(principal.user_id, messages)
+        self._principal, self._box = principal, Mailbox(principal.user_id, grant.messages)
         log.info(
             "login user=%s method=%s ip=%s tls=%s session=%s",
             principal.address, mechanism, self._peer.client_ip,
@@ -459,3 +477,11 @@ Session._ROUTES = {
     )
     for event, handler in _HANDLERS.items()
 }
+
+
+def _loggable_user(username: str) -> str:
+    """A login name fit for the log: an address as given, anything else (a key pasted into the
+    wrong field, say) hidden."""
+    if "@" in username and len(username) <= 254 and username.isprintable() and " " not in username:
+        return repr(username)
+    return "(not an address)"

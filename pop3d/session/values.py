@@ -6,7 +6,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from pop3d.ports import Credentials, Maildrop, Metrics, Registry
+from pop3d.ports import (
+    Authenticator,
+    Credentials,
+    Maildrop,
+    MessageInfo,
+    Metrics,
+    Principal,
+    Registry,
+)
 from pop3d.protocol.parser import MAX_LINE_LENGTH
 
 
@@ -51,8 +59,25 @@ class StartTls:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginGrant:
+    """What a successful login brings back from the thread pool: who, and their maildrop."""
+
+    principal: Principal
+    messages: list[MessageInfo]  # the snapshot, oldest first
+
+
+@dataclass(frozen=True, slots=True)
 class Authenticate:
+    """Verify these credentials and take the maildrop snapshot, off the worker's loop."""
+
     credentials: Credentials
+    max_messages: int
+
+    def run(self, authenticator: Authenticator, maildrop: Maildrop) -> LoginGrant:
+        """The slow part of a login (bcrypt, the snapshot query): call it on a pool thread with
+        ports that thread may use, and hand the result (or the exception) to ``login_done``."""
+        principal = authenticator.authenticate(self.credentials)
+        return LoginGrant(principal, maildrop.snapshot(principal.user_id, self.max_messages))
 
 
 Effect = Send | StartTls | Authenticate

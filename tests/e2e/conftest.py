@@ -100,6 +100,7 @@ def default_settings(directory: Path) -> Settings:
             "workers": 2, "graceful_timeout": 2, "worker_timeout": 3,
             "pidfile": str(directory / "run" / "pop3d.pid"),
         },
+        "database": {"statement_timeout": 2},  # below worker_timeout, as config requires
         "statsd": {"enabled": False},
         "logging": {"level": "info", "file": str(directory / "pop3d.log")},
     }

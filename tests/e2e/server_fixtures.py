@@ -145,7 +145,7 @@ def server_settings(dsn: str, services: dict[str, str], overrides: Settings | No
         "tls": {"cert": services["POP3D_TEST_CERT"], "key": services["POP3D_TEST_KEY"],
                 "handshake_timeout": 3},
         "limits": {"login_timeout": 20, "idle_timeout": 30},
-        "database": {"dsn": dsn, "connect_timeout": 2, "statement_timeout": 10},
+        "database": {"dsn": dsn, "connect_timeout": 2, "statement_timeout": 4},
         "auth": {"bcrypt_cost": TEST_BCRYPT_COST, "failure_delay": 0.1},
     }
     return merge(base, overrides)

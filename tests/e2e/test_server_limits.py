@@ -3,6 +3,7 @@ reading, and the login and idle timeouts."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -174,6 +175,18 @@ def test_check_config_warns_about_the_short_idle_timeout_but_accepts_it(idle_mas
 def test_the_login_timeout_closes_an_idle_connection(idle_master):
     with Client.greeted(idle_master.port) as client:
         started = time.monotonic()
+        assert client.closed_by_server()
+        waited = time.monotonic() - started
+    assert LOGIN_TIMEOUT <= waited < LOGIN_TIMEOUT + 2.5
+
+
+def test_bytes_that_never_make_a_command_do_not_keep_a_login_alive(idle_master):
+    with Client.greeted(idle_master.port) as client:
+        started = time.monotonic()
+        with contextlib.suppress(OSError):  # the server may close between two drips
+            for byte in b"CAPABILITIES-NEVER-ENDING":
+                client.send(bytes([byte]))
+                time.sleep(0.2)
         assert client.closed_by_server()
         waited = time.monotonic() - started
     assert LOGIN_TIMEOUT <= waited < LOGIN_TIMEOUT + 2.5

@@ -166,7 +166,16 @@ BAD = [
     ("negative timeout", "[limits]\nlogin_timeout = -5\n", "limits.login_timeout",
      "must be at least 1, got -5"),
     ("negative statement timeout", "[database]\nstatement_timeout = -1\n",
-     "database.statement_timeout", "must be at least 0"),
+     "database.statement_timeout", "must be above 0 and below server.worker_timeout (30 s)"),
+    ("no statement timeout", "[database]\nstatement_timeout = 0\n",
+     "database.statement_timeout", "must be above 0"),
+    ("statement timeout over the heartbeat", "[server]\nworker_timeout = 5\n"
+     "[database]\nstatement_timeout = 5\n", "database.statement_timeout",
+     "below server.worker_timeout (5 s), got 5"),
+    ("line length", "[limits]\nline_length = 100000\n", "limits.line_length",
+     "must be at most 65536"),
+    ("control character in the name", '[server]\nname = "mail\\u0007"\n', "server.name",
+     "printable ASCII"),
     ("bad TLS version", '[tls]\nmin_version = "TLSv1.0"\n', "tls.min_version",
      "must be one of TLSv1.2, TLSv1.3"),
     ("bad network", '[server]\ntrusted_networks = ["10.0.0.0/33"]\n',
@@ -174,7 +183,7 @@ BAD = [
     ("bad log level", '[logging]\nlevel = "loud"\n', "logging.level", "must be one of"),
     ("bad registry mode", '[memcached]\nregistry_failure = "maybe"\n',
      "memcached.registry_failure", 'must be "open" or "closed"'),
-    ("bcrypt cost", "[auth]\nbcrypt_cost = 40\n", "auth.bcrypt_cost", "must be 4-31"),
+    ("bcrypt cost", "[auth]\nbcrypt_cost = 40\n", "auth.bcrypt_cost", "must be 4-16, got 40"),
     ("empty dsn", '[database]\ndsn = " "\n', "database.dsn", "must not be empty"),
 ]
 
@@ -197,6 +206,16 @@ def test_missing_certificate_file_with_tls_listen(tmp_path: Path) -> None:
     problems = {p.key: p.problem for p in _problems(path)}
     assert problems["tls.cert"] == f"file not found: {tmp_path}/missing.pem"
     assert problems["tls.key"] == f"file not found: {tmp_path}/missing.key"
+
+
+def test_a_broken_certificate_is_reported_beside_other_problems(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    (tmp_path / "key.pem").write_text("not a key")
+    path = _write(tmp_path, f'[server]\nworkrs = 2\n[tls]\ncert = "{tmp_path}/cert.pem"\n'
+                  f'key = "{tmp_path}/key.pem"\n')
+    problems = {p.key: p.problem for p in _problems(path)}
+    assert problems["server.workrs"] == "unknown key"
+    assert problems["tls.cert"].startswith("cannot load certificate and key")
 
 
 def test_tls_listen_without_certificate(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def test_every_login_method_produces_the_same_authenticate(
     harness = Harness(peer=Peer("198.51.100.4", plaintext_ok=True))
     effects = [_effect(harness, line) for line in lines]
     assert effects[-1] == Authenticate(
-        Credentials("alice@example.com", "s e", "198.51.100.4", mechanism)
+        Credentials("alice@example.com", "s e", "198.51.100.4", mechanism), 10000
     )
     assert harness.session.next_effect() is None  # waiting for login_done
     assert not harness.session.authenticated
@@ -74,7 +74,7 @@ def test_successful_login_takes_a_slot_and_a_snapshot() -> None:
     harness = Harness(SessionSettings(server_name="x", max_connections_per_user=2))
     _effect(harness, b"USER alice@example.com\r\n")
     _effect(harness, b"PASS secret\r\n")
-    send = harness.session.login_done(harness.principal)
+    send = harness.session.login_done(harness.grant())
     assert send == Send(b"+OK Logged in, 3 messages (198 octets)\r\n")
     assert harness.session.authenticated
     assert harness.registry.sessions[USER_ID] == {"test:1"}
@@ -90,7 +90,7 @@ def test_login_done_after_close_takes_no_slot() -> None:
     _effect(harness, b"USER alice@example.com\r\n")
     _effect(harness, b"PASS secret\r\n")
     harness.session.close("timeout")
-    assert harness.session.login_done(harness.principal) == Send(b"", close=True)
+    assert harness.session.login_done(harness.grant()) == Send(b"", close=True)
     assert not harness.registry.sessions.get(USER_ID)
     assert not harness.session.authenticated
 
@@ -268,3 +268,46 @@ def test_snapshot_respects_the_message_limit() -> None:
     harness = _logged_in(Harness(SessionSettings(server_name="x", max_messages=1)))
     harness.feed(b"STAT\r\n")
     assert harness.output().endswith(b"+OK 1 96\r\n")
+
+
+def test_the_failure_delay_counts_from_the_start_of_the_attempt() -> None:
+    harness = Harness(SessionSettings(server_name="x", failure_delay=2.0))
+    _effect(harness, b"USER alice@example.com\r\n")
+    _effect(harness, b"PASS nope\r\n")
+    harness.clock.advance(0.5)  # the authenticator took half a second
+    send = harness.session.login_done(AuthFailed())
+    assert send.delay == pytest.approx(1.5)
+    _effect(harness, b"USER alice@example.com\r\n")
+    _effect(harness, b"PASS nope\r\n")
+    harness.clock.advance(3.0)  # slower than the delay: answered at once
+    assert harness.session.login_done(AuthFailed()).delay == 0.0
+
+
+def test_a_foreign_authorization_identity_is_a_delayed_failure_without_a_lookup() -> None:
+    harness = Harness(SessionSettings(server_name="x", failure_delay=1.0))
+    effect = _effect(harness, b"AUTH PLAIN ZXZlAGFsaWNlQGV4YW1wbGUuY29tAHNlY3JldA==\r\n")
+    assert effect == Send(b"-ERR [AUTH] Authorization identity must match the login\r\n",
+                          delay=1.0)
+    assert harness.metrics.counters["auth.failures"] == 1
+
+
+@pytest.mark.parametrize(
+    ("username", "logged"),
+    [
+        ("alice@example.com", "user='alice@example.com'"),
+        ("pk_abcdefghij_SECRETSECRETSECRET", "user=(not an address)"),
+        ("x" * 300 + "@example.com", "user=(not an address)"),
+    ],
+)
+def test_failed_login_lines_show_addresses_only(
+    username: str, logged: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = Harness()
+    harness.session.feed(f"USER {username}\r\n".encode())
+    harness.pump()
+    with caplog.at_level(logging.INFO, logger="pop3d.session"):
+        harness.feed(b"PASS wrong-key\r\n")
+    [line] = [r.getMessage() for r in caplog.records if "login failed" in r.getMessage()]
+    assert logged in line
+    assert "SECRET" not in line
+    assert "wrong-key" not in line

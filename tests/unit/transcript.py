@@ -67,12 +67,20 @@ from pop3d.errors import (
     BackendUnavailable,
     InUse,
     MessageGone,
-    Pop3dError,
     StorePermanentError,
     StoreUnavailable,
 )
 from pop3d.ports import Principal
-from pop3d.session import Authenticate, Peer, Send, Services, Session, SessionSettings, StartTls
+from pop3d.session import (
+    Authenticate,
+    LoginGrant,
+    Peer,
+    Send,
+    Services,
+    Session,
+    SessionSettings,
+    StartTls,
+)
 
 from .fakes import (
     FakeAuthenticator,
@@ -185,11 +193,16 @@ class Harness:
             if effect.close:
                 self.items.append(CLOSE)
 
-    def _authenticate(self, effect: Authenticate) -> Principal | Exception:
+    def _authenticate(self, effect: Authenticate) -> LoginGrant | Exception:
+        """What the worker's pool thread does: ``Authenticate.run``, its error handed over."""
         try:
-            return self.authenticator.authenticate(effect.credentials)
-        except Pop3dError as error:
+            return effect.run(self.authenticator, self.maildrop)
+        except Exception as error:
             return error
+
+    def grant(self) -> LoginGrant:
+        """alice's successful login, as ``Authenticate.run`` would return it."""
+        return LoginGrant(self.principal, self.maildrop.snapshot(USER_ID, 10000))
 
     def _record(self, data: bytes, delay: float) -> None:
         if not data:
