@@ -17,7 +17,7 @@ from datetime import datetime
 
 from pop3d.errors import NoSuchUser, Pop3dError
 from pop3d.ports import UserRecord
-from pop3d.store.db import Cursor, Database
+from pop3d.store.db import Cursor, Database, is_storable
 
 _ADDRESS_LOCK = 0x706F70336461  # serialises address claims across `user add` and `user alias`
 MAX_ADDRESS = 254  # RFC 5321 section 4.5.3.1.3: a path is at most 256 octets with its <>
@@ -90,20 +90,11 @@ def check_address(text: str) -> str:
     local, at, domain = address.partition("@")
     if not (local and at and domain) or "@" in domain:
         raise InvalidAddress(f"{text!r} is not an address (need exactly one @)")
-    if _FORBIDDEN.search(address) or not storable(address):
+    if _FORBIDDEN.search(address) or not is_storable(address):
         raise InvalidAddress(f"{text!r} is not an address (spaces, controls or specials)")
     if len(address.encode("utf-8")) > MAX_ADDRESS:
         raise InvalidAddress(f"{text!r} is longer than {MAX_ADDRESS} octets")
     return address
-
-
-def storable(text: str) -> bool:
-    """Whether PostgreSQL can take ``text`` as a text value (UTF-8, no NUL)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return "\0" not in text
 
 
 def find_user(cur: Cursor, address: str) -> UserRecord | None:

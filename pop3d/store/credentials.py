@@ -12,8 +12,8 @@ import weakref
 from collections.abc import Sequence
 
 from pop3d.ports import KeyRecord, UserRecord
-from pop3d.store.accounts import as_uuid, find_user, storable
-from pop3d.store.db import Cursor, Database, DbSettings
+from pop3d.store.accounts import as_uuid, find_user
+from pop3d.store.db import Cursor, Database, DbSettings, is_storable
 
 # Keys with a public prefix are candidates only for a password starting with that prefix;
 # keys without one (written by other parts of the mail system) are always candidates.
@@ -34,7 +34,7 @@ class PgCredentialStore:
         self._lock = threading.Lock()
 
     def find_user(self, address: str) -> UserRecord | None:
-        if not storable(address):
+        if not is_storable(address):
             return None  # no stored address contains NUL or invalid UTF-8
         return self._db().run(lambda cur: find_user(cur, address.strip()))
 
@@ -42,7 +42,7 @@ class PgCredentialStore:
         user = as_uuid(user_id)
         if user is None:
             return []
-        if not storable(presented):
+        if not is_storable(presented):
             presented = ""  # matches no prefix; keys without one are still candidates
         return self._db().run(lambda cur: _candidates(cur, user, presented))
 

@@ -11,10 +11,14 @@ the caller sees :class:`StoreUnavailable` only when the database really is unrea
 
 A Database is safe to share between threads (calls are serialised by a lock), but threads
 that query in parallel, like the authenticator's pool, should each have their own.
+
+:func:`is_storable` and :func:`make_storable` say what PostgreSQL's text type accepts, for
+input that must be checked or cleaned before it reaches a query.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +34,8 @@ Cursor = psycopg2.extensions.cursor
 Connection = psycopg2.extensions.connection
 
 _TEMPORARY = (psycopg2.OperationalError, psycopg2.InterfaceError)
+# PostgreSQL's text type refuses NUL, and UTF-8 has no encoding for a lone surrogate.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +45,19 @@ class DbSettings:
     dsn: str
     connect_timeout: int = 5  # seconds to establish a connection
     statement_timeout: float = 30.0  # seconds per statement; 0 = no limit
+    # Seconds a statement may wait for a lock another client holds; None = statement_timeout.
+    lock_timeout: float | None = None
     application_name: str = "pop3d"  # shown in pg_stat_activity, unless the DSN names one
+
+
+def is_storable(text: str) -> bool:
+    """Whether PostgreSQL takes ``text`` as a text value unchanged."""
+    return _UNSTORABLE.search(text) is None
+
+
+def make_storable(text: str | None) -> str | None:
+    """``text`` with every character PostgreSQL's text type refuses replaced by U+FFFD."""
+    return None if text is None else _UNSTORABLE.sub("\ufffd", text)
 
 
 class _Broken(Exception):
@@ -138,16 +156,27 @@ def _connect(settings: DbSettings) -> Connection:
 
 
 def _prepare_session(conn: Connection, settings: DbSettings) -> None:
+    # A lock wait ends in "lock timeout", temporary like any timeout: a table locked by another
+    # client (a long migration, a manual LOCK) costs a login [SYS/TEMP], not a hung session.
     # UTC makes rendered Date: headers independent of the server's TimeZone setting.
+    lock_timeout = settings.lock_timeout
+    if lock_timeout is None:
+        lock_timeout = settings.statement_timeout
     try:
         with conn.cursor() as cur:
-            cur.execute("SET statement_timeout = %s", (int(settings.statement_timeout * 1000),))
+            cur.execute("SET statement_timeout = %s", (_milliseconds(settings.statement_timeout),))
+            cur.execute("SET lock_timeout = %s", (_milliseconds(lock_timeout),))
             cur.execute("SET TIME ZONE 'UTC'")
         conn.commit()
     except _TEMPORARY as exc:
         raise StoreUnavailable(first_line(exc)) from None
     except psycopg2.Error as exc:
         raise StorePermanentError(first_line(exc)) from None
+
+
+def _milliseconds(seconds: float) -> int:
+    # 0 is PostgreSQL's "no limit"; a positive timeout never rounds down to it.
+    return max(round(seconds * 1000), 1) if seconds > 0 else 0
 
 
 def _rollback(conn: Connection) -> None:

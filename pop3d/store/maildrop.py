@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pop3d.errors import MessageGone
 from pop3d.ports import MessageInfo
 from pop3d.store import stored
+from pop3d.store.accounts import as_uuid
 from pop3d.store.db import Cursor, Database
 from pop3d.store.normalize import retr_octets, top_octets
-from pop3d.store.render import AttachmentMeta, StoredEmail, render
+from pop3d.store.render import AttachmentMeta, StoredEmail, render, rendered_size
 
 RAW_SLICE = 256 * 1024  # octets of raw per query: large enough to amortise the round trip
-# Messages (of at most RAW_SLICE octets each) fetched per query when sizes are missing: a first
-# login to thousands of rows written without a size costs seconds, not a query per row.
+# Messages measured (and their sizes saved) together when sizes are missing: a first login to
+# thousands of rows written without a size costs seconds, not a query per row.
 SIZE_BATCH = 32
 
 _SNAPSHOT = """
@@ -50,7 +51,7 @@ class PgMaildrop:
         self.db = db
 
     def snapshot(self, user_id: str, limit: int) -> list[MessageInfo]:
-        user = _uuid(user_id)
+        user = as_uuid(user_id)
         if user is None or limit <= 0:
             return []
         rows = self.db.run(functools.partial(_snapshot_rows, user=user, limit=limit))
@@ -60,7 +61,7 @@ class PgMaildrop:
                 for email_id, unique_id, size in rows if size is not None or email_id in computed]
 
     def open_message(self, user_id: str, email_id: str) -> Iterator[bytes]:
-        user, email = _uuid(user_id), _uuid(email_id)
+        user, email = as_uuid(user_id), as_uuid(email_id)
         if user is None or email is None:
             raise MessageGone
         source = self.db.run(functools.partial(_open, user=user, email=email))
@@ -72,43 +73,61 @@ class PgMaildrop:
         return top_octets(self.open_message(user_id, email_id), max(lines, 0))
 
     def mark_read(self, user_id: str, email_id: str) -> None:
-        user, email = _uuid(user_id), _uuid(email_id)
+        user, email = as_uuid(user_id), as_uuid(email_id)
         if user is not None and email is not None:
             self.db.run(lambda cur: cur.execute(
                 "UPDATE email_recipients SET is_read = true"
                 " WHERE user_id = %s AND email_id = %s AND NOT is_read", (user, email)))
 
     def delete(self, user_id: str, email_ids: Sequence[str]) -> None:
-        user = _uuid(user_id)
-        emails = sorted({e for e in map(_uuid, email_ids) if e is not None})
+        user = as_uuid(user_id)
+        emails = sorted({e for e in map(as_uuid, email_ids) if e is not None})
         if user is not None and emails:
             self.db.run(functools.partial(_delete, user=user, emails=emails))
 
-    def message_size(self, user_id: str, email_id: str) -> int:
-        """The octets RETR sends, counted by streaming them (the stored size's definition)."""
-        return sum(len(chunk) for chunk in self.open_message(user_id, email_id))
-
     def _store_sizes(self, user: str, email_ids: list[str]) -> dict[str, int]:
-        """Compute and store the sizes of rows written without one (each row once, ever).
+        """Compute and save the sizes of rows written without one (each row once, ever).
 
-        Small raw messages are fetched in batches and measured with the RETR code path (they
-        are one slice when streamed too); larger and rendered ones are streamed.  Emails that
-        vanish meanwhile are left out.  ``size IS NULL`` in the UPDATE makes a concurrent
-        computation (same bytes, same number) harmless.
+        Each size is saved as soon as it is known, so the work done survives an interrupted
+        login: small raw messages (one query per batch, measured with the RETR code path) and
+        rendered ones (arithmetic, no attachment content read) a batch at a time, larger raw
+        messages one by one as they are streamed.  Emails that vanish meanwhile are left out.
+        ``size IS NULL`` in the UPDATE makes a concurrent computation (same bytes, same number)
+        harmless.
         """
         sizes: dict[str, int] = {}
         for start in range(0, len(email_ids), SIZE_BATCH):
-            batch = email_ids[start:start + SIZE_BATCH]
-            for email_id, raw in self.db.run(functools.partial(
-                    stored.small_raws, user=user, emails=batch, limit=RAW_SLICE)):
-                sizes[email_id] = sum(len(chunk) for chunk in retr_octets([raw]))
-        for email_id in email_ids:
-            if email_id not in sizes:
+            cheap, large = self._measure_batch(user, email_ids[start:start + SIZE_BATCH])
+            sizes.update(self._save(cheap))
+            for raw in large:
                 try:
-                    sizes[email_id] = self.message_size(user, email_id)
+                    sizes.update(self._save(
+                        {raw.email_id: _length(retr_octets(self._raw_chunks(user, raw)))}))
                 except MessageGone:
                     continue
-        self.db.run(functools.partial(stored.save_sizes, sizes=sizes))
+        return sizes
+
+    def _measure_batch(self, user: str, batch: list[str]) -> tuple[dict[str, int], list[_Raw]]:
+        """The sizes that are cheap to know, and the raw messages that must be streamed."""
+        sizes = {email_id: _length(retr_octets([raw])) for email_id, raw in self.db.run(
+            functools.partial(stored.small_raws, user=user, emails=batch, limit=RAW_SLICE))}
+        large: list[_Raw] = []
+        for email_id in batch:
+            if email_id in sizes:
+                continue
+            try:
+                source = self.db.run(functools.partial(_open, user=user, email=email_id))
+            except MessageGone:
+                continue
+            if isinstance(source, _Raw):
+                large.append(source)
+            else:
+                sizes[email_id] = rendered_size(source)
+        return sizes, large
+
+    def _save(self, sizes: dict[str, int]) -> dict[str, int]:
+        if sizes:
+            self.db.run(functools.partial(stored.save_sizes, sizes=sizes))
         return sizes
 
     def _raw_chunks(self, user: str, raw: _Raw) -> Iterator[bytes]:
@@ -133,11 +152,8 @@ def uidl(email_id: str) -> str:
     return uuid.UUID(email_id).hex
 
 
-def _uuid(text: str) -> str | None:
-    try:
-        return str(uuid.UUID(text))
-    except (ValueError, TypeError, AttributeError):
-        return None
+def _length(chunks: Iterable[bytes]) -> int:
+    return sum(len(chunk) for chunk in chunks)
 
 
 def _snapshot_rows(cur: Cursor, *, user: str,

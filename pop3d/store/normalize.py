@@ -1,10 +1,15 @@
 """Streaming transforms from stored bytes to the exact octets RETR and TOP send.
 
-Stored raw messages may end lines in LF, CR or CRLF and may still carry the ``Bcc:`` field an
-MTA should have removed.  These filters work on chunks of any size and carry their state across
-chunk boundaries (a CR at the end of one chunk, a field name split between two), so a message is
-never held whole, and the output does not depend on where the chunks were cut.  The same
-functions compute the stored size and produce the bytes sent, so the two cannot disagree.
+Stored raw messages may end lines in LF, CR or CRLF, or in CRs doubled by a line-end conversion
+applied twice (``\r\r\n``), and may still carry the ``Bcc:`` field an MTA should have removed.
+The line-end rule: a run of CRs followed by LF is one line end; a run of CRs followed by
+anything else (or by the end of the message) is one line end per CR; every line end becomes
+CRLF, and the output always ends with one.
+
+These filters work on chunks of any size and carry their state across chunk boundaries (a run
+of CRs at the end of one chunk, a field name split between two), so a message is never held
+whole, and the output does not depend on where the chunks were cut.  The same functions compute
+the stored size and produce the bytes sent, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -17,37 +22,63 @@ CRLF = b"\r\n"
 # within that many bytes is no header field at all.
 MAX_LINE = 998
 # Bcc and Resent-Bcc (RFC 5322 sections 3.6.3 and 3.6.6); obsolete syntax allows WSP before ':'.
-_BCC_FIELD = re.compile(rb"(?:resent-)?bcc[ \t]*:", re.IGNORECASE)
+# A name followed by more WSP than a line may hold counts too (\Z: the line's first MAX_LINE + 1
+# octets end inside the WSP): no amount of padding slips a Bcc field past the check, and a line
+# of nothing but a field name and blanks is no loss.
+_BCC_FIELD = re.compile(rb"(?:resent-)?bcc[ \t]*(?::|\Z)", re.IGNORECASE)
+# A line end: LF, or a CR with the rest of its CR run and the LF ending it.  The lookbehind
+# makes a CR inside a run (reached only when the run does not end in LF) a line end of its own
+# without rescanning the run, so a long run of CRs costs linear time.
+_LINE_END = re.compile(rb"\n|\r(?:(?<!\r\r)\r*\n)?")
+_CR_RUN_THEN_LF = re.compile(rb"\r*\n")
 
 
 class CrlfNormalizer:
-    """Turns bare CR and bare LF into CRLF, and makes the stream end with CRLF.
+    """Applies the line-end rule above, and makes the stream end with CRLF.
 
     Even an empty message becomes one empty line: RETR's bytes always end in CRLF.
     """
 
     def __init__(self) -> None:
-        self._pending_cr = False  # a CR ended the last chunk; its LF may start the next
+        self._held_crs = 0  # the CR run ending the input so far: its LF may start the next chunk
         self._ends_with_crlf = False  # the output so far ends with CRLF
 
     def feed(self, data: bytes) -> bytes:
-        if self._pending_cr:
-            data = b"\r" + data
-            self._pending_cr = False
-        if data.endswith(b"\r"):
-            data = data[:-1]
-            self._pending_cr = True
-        out = data.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
-        if out:
-            self._ends_with_crlf = out.endswith(CRLF)
+        kept = data.rstrip(b"\r")
+        if not kept:
+            self._held_crs += len(data)
+            return b""
+        out = _line_ends_to_crlf(self._after_held_run(kept))
+        self._held_crs = len(data) - len(kept)
+        self._ends_with_crlf = out.endswith(CRLF)
         return out
 
     def finish(self) -> bytes:
-        if self._pending_cr or not self._ends_with_crlf:
-            self._pending_cr = False
-            self._ends_with_crlf = True
-            return CRLF
-        return b""
+        held, self._held_crs = self._held_crs, 0
+        out = CRLF * held if held else b"" if self._ends_with_crlf else CRLF
+        self._ends_with_crlf = True
+        return out
+
+    def _after_held_run(self, data: bytes) -> bytes:
+        """``data`` preceded by the held CR run, in a form ``_LINE_END`` turns into its line ends.
+
+        One CR stands for the run, so the regex sees whether the run (continued by ``data``'s
+        leading CRs) ends in LF; when it does not, every other held CR is a line end of its own.
+        """
+        if not self._held_crs:
+            return data
+        joined = b"\r" + data
+        if _CR_RUN_THEN_LF.match(joined):
+            return joined
+        return CRLF * (self._held_crs - 1) + joined
+
+
+def _line_ends_to_crlf(data: bytes) -> bytes:
+    if b"\r\r" in data:
+        return _LINE_END.sub(CRLF, data)
+    # Without CR runs every CR is its own line end (or the start of a CRLF): three C-speed
+    # passes instead of the regex, about ten times faster on ordinary mail.
+    return data.replace(CRLF, b"\n").replace(b"\r", b"\n").replace(b"\n", CRLF)
 
 
 class BccRemover:
@@ -162,16 +193,21 @@ class TopLimiter:
 
 
 def retr_octets(raw_chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Stored raw bytes -> RETR bytes: CRLF line ends, a final CRLF, no Bcc fields."""
+    """Stored raw bytes -> RETR bytes: CRLF line ends, a final CRLF, no Bcc fields.
+
+    A message of nothing but Bcc fields becomes what an empty one does: one empty line.
+    """
     crlf = CrlfNormalizer()
     bcc = BccRemover()
+    sent = False
     for chunk in raw_chunks:
         out = bcc.feed(crlf.feed(chunk))
         if out:
+            sent = True
             yield out
     out = bcc.feed(crlf.finish()) + bcc.finish()
-    if out:
-        yield out
+    if out or not sent:
+        yield out or CRLF
 
 
 def top_octets(retr_chunks: Iterable[bytes], lines: int) -> Iterator[bytes]:

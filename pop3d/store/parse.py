@@ -17,12 +17,12 @@ from email.message import EmailMessage, Message, MIMEPart
 from typing import TypeVar
 
 from pop3d.errors import BadMessage
+from pop3d.store.db import make_storable
 
 T = TypeVar("T")
 # RFC 5322 section 2.2: a field name is printable ASCII except ':'; obsolete syntax allows WSP
 # before the colon.
 _FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # PostgreSQL text takes neither
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,17 +90,12 @@ def _guard(read: Callable[[], T], default: T) -> T:
         return default
 
 
-def storable(text: str | None) -> str | None:
-    """``text`` without the characters PostgreSQL's text type refuses (NUL, lone surrogates)."""
-    return None if text is None else _UNSTORABLE.sub("\ufffd", text)
-
-
 def _header(msg: Message, name: str) -> str | None:
     value = _guard(lambda: msg.get(name), None)
     if value is None:
         return None
     text = " ".join(_guard(lambda: str(value), "").split())
-    return storable(text) or None
+    return make_storable(text) or None
 
 
 def _first_address(msg: EmailMessage, name: str) -> tuple[str | None, str | None]:
@@ -109,7 +104,7 @@ def _first_address(msg: EmailMessage, name: str) -> tuple[str | None, str | None
     if not addresses:
         return None, None
     first = addresses[0]
-    return storable(first.addr_spec) or None, storable(first.display_name) or None
+    return make_storable(first.addr_spec) or None, make_storable(first.display_name) or None
 
 
 def _listed(msg: EmailMessage) -> dict[str, tuple[str, str | None]]:
@@ -118,8 +113,8 @@ def _listed(msg: EmailMessage) -> dict[str, tuple[str, str | None]]:
         for header in msg.get_all(kind, []):
             for address in getattr(header, "addresses", ()):
                 if address.addr_spec:
-                    listed[address.addr_spec.lower()] = (kind, storable(address.display_name)
-                                                         or None)
+                    name = make_storable(address.display_name) or None
+                    listed[address.addr_spec.lower()] = (kind, name)
     return listed
 
 
@@ -130,7 +125,7 @@ def _text(part: MIMEPart | None) -> str | None:
     if not isinstance(content, str):
         payload = _guard(lambda: part.get_payload(decode=True), None)
         content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
-    return storable(content)
+    return make_storable(content)
 
 
 def _leaves(msg: Message) -> Iterator[Message]:
@@ -149,7 +144,7 @@ def _attachments(msg: Message, bodies: Sequence[Message]) -> tuple[ParsedAttachm
         if any(part is body for body in bodies):
             continue
         found.append(ParsedAttachment(
-            file_name=storable(_guard(part.get_filename, None)) or None,
+            file_name=make_storable(_guard(part.get_filename, None)) or None,
             content_type=part.get_content_type(),
             content=_content(part)))
     return tuple(found)

@@ -7,6 +7,10 @@ the size LIST reports.  Attachment content is read through ``read_slice`` in sli
 multiple of 57 octets (one 76-character base64 line), so each slice encodes to whole lines and
 a large attachment is never held whole.
 
+:func:`rendered_size` is that length without reading any attachment content: it renders the
+message with empty attachment bodies and adds each body's length, which base64's fixed line
+layout makes a function of the attachment's size alone.
+
 Structure: one text part, or multipart/alternative (plain, then html) when there are both;
 wrapped with the attachments in multipart/mixed when there are any.  Bcc recipients are never
 part of the input, so they cannot be rendered.
@@ -16,8 +20,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -27,7 +32,8 @@ from pop3d.store import headers
 from pop3d.store.headers import Mailbox
 
 CRLF = b"\r\n"
-ATTACHMENT_SLICE = 57 * 4600  # 262,200 octets: whole base64 lines, about 256 KiB per query
+BASE64_LINE = 57  # octets per line: RFC 2045 section 6.8 limits lines to 76 characters
+ATTACHMENT_SLICE = BASE64_LINE * 4600  # 262,200 octets: whole lines, about 256 KiB per query
 MAX_7BIT_LINE = 998  # RFC 5322 section 2.1.1 and RFC 2045 section 2.7
 _LINE_BREAK = re.compile(r"\r\n|\r")
 _BOUNDARY_MARK = "=_pop3d_"  # QP escapes "=", so only 7bit text could contain a boundary
@@ -61,6 +67,8 @@ class StoredEmail:
 
 # (attachment, offset, length) -> exactly that many octets of the attachment's content
 SliceReader = Callable[[AttachmentMeta, int, int], bytes]
+# attachment -> its encoded body, the lines between its part headers and the next delimiter
+_BodyWriter = Callable[[AttachmentMeta], Iterable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +90,30 @@ _Part = _Text | AttachmentMeta | _Multipart
 
 def render(email: StoredEmail, read_slice: SliceReader) -> Iterator[bytes]:
     """The message's RETR bytes, in chunks: header block first, then the body parts."""
+    return _render(email, functools.partial(_base64_body, read_slice=read_slice))
+
+
+def rendered_size(email: StoredEmail) -> int:
+    """``len(b"".join(render(email, ...)))``, computed without reading attachment content."""
+    skeleton = sum(len(chunk) for chunk in _render(email, _no_body))
+    return skeleton + sum(base64_length(attachment.size) for attachment in email.attachments)
+
+
+def base64_length(octets: int) -> int:
+    """The length of the base64 body :func:`render` writes for ``octets`` of content."""
+    lines, rest = divmod(octets, BASE64_LINE)
+    last = 4 * -(-rest // 3) + len(CRLF) if rest else 0
+    return lines * (4 * BASE64_LINE // 3 + len(CRLF)) + last
+
+
+def _render(email: StoredEmail, attachment_body: _BodyWriter) -> Iterator[bytes]:
     root = _structure(email)
     yield _message_headers(email) + b"MIME-Version: 1.0\r\n" + _part_headers(root) + CRLF
-    yield from _part_body(root, read_slice)
+    yield from _part_body(root, attachment_body)
+
+
+def _no_body(attachment: AttachmentMeta) -> Iterable[bytes]:
+    return ()
 
 
 def _structure(email: StoredEmail) -> _Part:
@@ -157,20 +186,20 @@ def _attachment_headers(attachment: AttachmentMeta) -> bytes:
             + b"Content-Transfer-Encoding: base64\r\n")
 
 
-def _part_body(part: _Part, read_slice: SliceReader) -> Iterator[bytes]:
+def _part_body(part: _Part, attachment_body: _BodyWriter) -> Iterator[bytes]:
     if isinstance(part, _Multipart):
-        yield from _multipart_body(part, read_slice)
+        yield from _multipart_body(part, attachment_body)
     elif isinstance(part, _Text):
         yield part.body
-    elif part.size:
-        yield from _base64_body(part, read_slice)
+    else:
+        yield from attachment_body(part)
 
 
-def _multipart_body(part: _Multipart, read_slice: SliceReader) -> Iterator[bytes]:
+def _multipart_body(part: _Multipart, attachment_body: _BodyWriter) -> Iterator[bytes]:
     delimiter = b"--" + part.boundary.encode("ascii")
     for child in part.parts:
         yield delimiter + CRLF + _part_headers(child) + CRLF
-        yield from _part_body(child, read_slice)
+        yield from _part_body(child, attachment_body)
         # RFC 2046 5.1.1: the CRLF before a delimiter belongs to the delimiter, so the body
         # keeps its own final line break.
         yield CRLF

@@ -30,7 +30,8 @@ def credentials(dsn: str) -> Iterator[PgCredentialStore]:
 
 @pytest.mark.parametrize("bad", ["", "plain", "a@b@c", "@example.com", "a@", "a b@example.com",
                                  "a@exa mple.com", "a\n@example.com", "<a@example.com>",
-                                 "a,b@example.com", "x" * 250 + "@example.com"])
+                                 "a,b@example.com", "x" * 250 + "@example.com",
+                                 "lone\ud800surrogate@example.com"])
 def test_invalid_addresses_are_refused(accounts: Accounts, bad: str) -> None:
     with pytest.raises(InvalidAddress):
         accounts.add_user(bad)
@@ -109,6 +110,7 @@ def test_find_user_by_primary_or_verified_alias(
     assert credentials.find_user("unverified@example.com") is None
     assert credentials.find_user("nobody@example.com") is None
     assert credentials.find_user("nul\0@example.com") is None
+    assert credentials.find_user("lone\udfff@example.com") is None
     accounts.disable_user("main@example.com")
     disabled = credentials.find_user("main@example.com")
     assert disabled is not None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import psycopg2
 import pytest
 
 from pop3d.errors import StorePermanentError, StoreUnavailable
-from pop3d.store import Database, DbSettings
+from pop3d.store import Database, DbSettings, PgMaildrop
 from pop3d.store.db import Cursor
 
 
@@ -49,6 +50,7 @@ def test_connects_lazily_and_sets_session(
     db = Database(DbSettings(dsn, statement_timeout=7.5, application_name="pop3d-lazy"))
     assert _sessions(admin, "pop3d-lazy") == 0  # nothing happens before the first query
     assert _one(db, "SHOW statement_timeout") == "7500ms"
+    assert _one(db, "SHOW lock_timeout") == "7500ms"  # defaults to the statement timeout
     assert _sessions(admin, "pop3d-lazy") == 1
     assert _one(db, "SELECT current_setting('application_name')") == "pop3d-lazy"
     assert _one(db, "SHOW TimeZone") == "UTC"
@@ -90,6 +92,46 @@ def test_statement_timeout_is_temporary_and_keeps_the_connection(dsn: str) -> No
     with pytest.raises(StoreUnavailable, match="statement timeout"):
         _one(db, "SELECT pg_sleep(2)")
     assert _one(db, "SELECT pg_backend_pid()") == pid  # not retried, not reconnected
+    db.close()
+
+
+@pytest.mark.parametrize(("statement", "lock", "shown"), [
+    (0, None, ("0", "0")),  # the CLI's migrations: no limit at all
+    (30, 2.5, ("30s", "2500ms")),
+    (0.0001, None, ("1ms", "1ms")),  # a tiny timeout is not rounded down to "no limit"
+])
+def test_timeouts_in_milliseconds_and_zero_is_no_limit(
+        dsn: str, statement: float, lock: float | None, shown: tuple[str, str]) -> None:
+    db = Database(DbSettings(dsn, statement_timeout=statement, lock_timeout=lock))
+    assert (_one(db, "SHOW statement_timeout"), _one(db, "SHOW lock_timeout")) == shown
+    db.close()
+
+
+@pytest.fixture
+def locked_recipients(dsn: str) -> Iterator[None]:
+    """Another client holding the recipients table in ACCESS EXCLUSIVE mode."""
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute("LOCK TABLE email_recipients IN ACCESS EXCLUSIVE MODE")
+    yield
+    conn.rollback()
+    conn.close()
+
+
+# With equal timeouts the statement's timer, started first, is the one that fires.
+@pytest.mark.parametrize(("statement", "lock", "message"), [
+    (30, 1, "lock timeout"),
+    (1, None, "statement timeout"),
+])
+def test_a_lock_held_by_another_client_is_temporary_within_the_lock_timeout(
+        dsn: str, users: dict[str, str], locked_recipients: None, statement: float,
+        lock: float | None, message: str) -> None:
+    db = Database(DbSettings(dsn, statement_timeout=statement, lock_timeout=lock))
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=message):
+        PgMaildrop(db).snapshot(users["a"], 10)
+    assert 0.9 < time.monotonic() - started < 2.5
+    assert _one(db, "SELECT 1") == 1  # the connection is still usable
     db.close()
 
 

@@ -131,9 +131,15 @@ def test_mbox_envelope_line_is_dropped(db: Database, mail: MailWriter,
     assert bytes(raw) == b"Subject: s\n\nb\n"
 
 
-def test_size_is_what_retr_sends(db: Database, mail: MailWriter,
-                                 people: dict[str, str]) -> None:
-    email_id = deliver(db, MESSAGE, ["a@example.com"])
+@pytest.mark.parametrize("message", [
+    MESSAGE,
+    MESSAGE.replace(b"\n", b"\r\r\n"),  # line ends converted twice
+    MESSAGE.replace(b"\n", b"\r"),
+    b"To: a@example.com\r\nX: y\rBcc: c@example.com\r\r\n\r\nbody" + b"\r" * 300_000,
+])
+def test_size_is_what_retr_sends(db: Database, mail: MailWriter, people: dict[str, str],
+                                 message: bytes) -> None:
+    email_id = deliver(db, message, ["a@example.com"])
     sent = b"".join(PgMaildrop(db).open_message(people["a"], email_id))
     assert b"Bcc" not in sent
     assert mail.scalar("SELECT size FROM emails WHERE id = %s", (email_id,)) == len(sent)

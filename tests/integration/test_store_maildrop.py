@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -11,6 +12,7 @@ from store_rows import Attachment, MailWriter
 
 from pop3d.errors import MessageGone, StorePermanentError
 from pop3d.store import Database, DbSettings, PgMaildrop
+from pop3d.store.maildrop import RAW_SLICE, SIZE_BATCH
 
 RAW = b"Subject: hello\n\nbody\n"
 RETR = b"Subject: hello\r\n\r\nbody\r\n"
@@ -128,6 +130,16 @@ def test_top_does_not_mark_read(
     assert mail.scalar("SELECT bool_or(is_read) FROM email_recipients") is False
 
 
+def _refuse(mail: MailWriter, event: str, email_id: str) -> None:
+    """Make every ``event`` ("UPDATE" or "DELETE") of one email row fail."""
+    mail.execute(f"""
+        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
+        CREATE TRIGGER refuse BEFORE {event} ON emails FOR EACH ROW
+        WHEN (OLD.id = '{email_id}') EXECUTE FUNCTION refuse();
+    """)
+
+
 def _exists(mail: MailWriter, email_id: str) -> bool:
     return mail.scalar("SELECT count(*) FROM emails WHERE id = %s", (email_id,)) == 1
 
@@ -151,12 +163,7 @@ def test_deletion_is_per_user_and_the_last_one_removes_the_email(
 def test_deleting_several_is_all_or_nothing(
         maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
     ids = [mail.email([_to(users["a"])], raw=RAW) for _ in range(3)]
-    mail.execute(f"""
-        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
-        $$ BEGIN RAISE EXCEPTION 'refused'; END $$;
-        CREATE TRIGGER refuse BEFORE DELETE ON emails FOR EACH ROW
-        WHEN (OLD.id = '{ids[2]}') EXECUTE FUNCTION refuse();
-    """)
+    _refuse(mail, "DELETE", ids[2])
     with pytest.raises(StorePermanentError, match="refused"):
         maildrop.delete(users["a"], ids)
     assert len(maildrop.snapshot(users["a"], 10)) == 3
@@ -230,3 +237,72 @@ def test_concurrent_deletion_by_two_users_leaves_no_orphan(
     assert errors == []
     assert mail.scalar("SELECT count(*) FROM emails") == 0
     assert mail.scalar("SELECT count(*) FROM email_attachments") == 0
+
+
+def _toast_blocks_touched(mail: MailWriter, table: str) -> int:
+    """Blocks of ``table``'s TOAST relation (where large values live) read or found in cache.
+
+    ``mail`` shares the maildrop's connection, whose statistics reach the shared counters at
+    most once a second; forcing them out at the end of a transaction makes the count exact.
+    """
+    mail.scalar("SELECT pg_stat_force_next_flush()")
+    blocks = mail.scalar(
+        "SELECT coalesce(toast_blks_read, 0) + coalesce(toast_blks_hit, 0)"
+        " FROM pg_statio_user_tables WHERE relname = %s", (table,))
+    assert isinstance(blocks, int)
+    return blocks
+
+
+def test_sizes_of_rendered_rows_need_no_attachment_content(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    attachment = 2_000_000
+    # A vacuum of the freshly written values would read them too, and count.
+    mail.execute("ALTER TABLE email_attachments"
+                 " SET (autovacuum_enabled = false, toast.autovacuum_enabled = false)")
+    mail.execute("""
+        WITH new AS (
+            INSERT INTO emails (subject, text_body, received_at)
+            SELECT 'n' || g, 'hello ' || g, now() + g * interval '1 second'
+            FROM generate_series(1, 200) g RETURNING id
+        ), recipient AS (
+            INSERT INTO email_recipients (email_id, user_id, address, kind)
+            SELECT id, %s, 'a@example.com', 'to' FROM new
+        )
+        INSERT INTO email_attachments (email_id, file_name, content, size)
+        SELECT id, 'big.bin', decode(repeat(md5(id::text), %s), 'hex'), %s FROM new
+    """, (users["a"], attachment // 16, attachment))
+    touched = _toast_blocks_touched(mail, "email_attachments")
+    started = time.monotonic()
+    infos = maildrop.snapshot(users["a"], 1000)
+    elapsed = time.monotonic() - started
+    assert _toast_blocks_touched(mail, "email_attachments") == touched
+    assert elapsed < 5
+    assert len(infos) == 200
+    assert mail.scalar("SELECT count(*) FROM emails WHERE size IS NULL") == 0
+    for info in (infos[0], infos[-1]):
+        assert info.size == len(b"".join(maildrop.open_message(users["a"], info.email_id)))
+    # The check can fail: streaming a message does read its attachment.
+    assert _toast_blocks_touched(mail, "email_attachments") > touched
+
+
+def test_sizes_computed_before_an_interruption_are_kept(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    ids = [mail.email([_to(users["a"])], raw=RAW) for _ in range(SIZE_BATCH + 8)]
+    _refuse(mail, "UPDATE", ids[SIZE_BATCH + 3])
+    with pytest.raises(StorePermanentError, match="refused"):
+        maildrop.snapshot(users["a"], 100)
+    assert mail.scalar("SELECT count(*) FROM emails WHERE size IS NOT NULL") == SIZE_BATCH
+    mail.execute("DROP TRIGGER refuse ON emails")
+    assert [m.size for m in maildrop.snapshot(users["a"], 100)] == [len(RETR)] * len(ids)
+
+
+def test_each_streamed_size_is_saved_at_once(
+        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+    big = b"Subject: big\n\n" + b"x\n" * RAW_SLICE
+    first = mail.email([_to(users["a"])], raw=big)
+    second = mail.email([_to(users["a"])], raw=big)
+    _refuse(mail, "UPDATE", second)
+    with pytest.raises(StorePermanentError, match="refused"):
+        maildrop.snapshot(users["a"], 100)
+    size = len(big) + big.count(b"\n")  # every LF becomes CRLF
+    assert mail.scalar("SELECT size FROM emails WHERE id = %s", (first,)) == size

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pop3d.errors import MessageGone
 from pop3d.store.headers import Mailbox
-from pop3d.store.render import ATTACHMENT_SLICE, AttachmentMeta, StoredEmail, render
+from pop3d.store.render import (
+    ATTACHMENT_SLICE,
+    AttachmentMeta,
+    StoredEmail,
+    base64_length,
+    render,
+    rendered_size,
+)
 
 EMAIL_ID = "0f0e0d0c-0b0a-0908-0706-050403020100"
 WHEN = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -206,3 +216,40 @@ def test_recipients_are_never_read_from_bcc() -> None:
     raw = _render(_email(to=(Mailbox("to@example.com"),), cc=(Mailbox("cc@example.com"),)))
     assert b"Bcc" not in raw
     assert b"To: to@example.com\r\nCc: cc@example.com\r\n" in raw
+
+
+SIZES = [0, 1, 2, 3, 56, 57, 58, 113, 114, 115, ATTACHMENT_SLICE - 1, ATTACHMENT_SLICE,
+         ATTACHMENT_SLICE + 1, 1024 * 1024 + 1]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_base64_length_is_the_length_of_the_streamed_body(size: int) -> None:
+    content = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    contents = Contents(a=content)
+    raw = _render(_email(text_body="t", attachments=(contents.meta("a", "a.bin"),)), contents)
+    after_headers = raw.split(b"Content-Transfer-Encoding: base64\r\n\r\n")[1]
+    body = after_headers.rsplit(b"\r\n--=_pop3d_mixed_", 1)[0]
+    assert body == base64.encodebytes(content).replace(b"\n", b"\r\n")
+    assert len(body) == base64_length(size)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_rendered_size_equals_the_streamed_bytes_without_reading_content(size: int) -> None:
+    contents = Contents(a=b"\xff" * size, b=b"x" * (size // 2 + 1))
+    stored = _email(subject="Grüße", text_body="plain\n", html_body="<p>html</p>",
+                    attachments=(contents.meta("a", "a.bin"), contents.meta("b", "ü.txt")))
+    expected = len(_render(stored, contents))
+    contents.reads.clear()
+    assert rendered_size(stored) == expected
+    assert contents.reads == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=3 * 57 + 5), max_size=4),
+       st.one_of(st.none(), st.text(max_size=200)), st.one_of(st.none(), st.text(max_size=50)))
+def test_rendered_size_for_any_structure(sizes: list[int], text: str | None,
+                                         html: str | None) -> None:
+    contents = Contents(**{f"a{i}": bytes([i]) * size for i, size in enumerate(sizes)})
+    stored = _email(text_body=text, html_body=html,
+                    attachments=tuple(contents.meta(f"a{i}") for i in range(len(sizes))))
+    assert rendered_size(stored) == len(_render(stored, contents))
