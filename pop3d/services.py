@@ -1,22 +1,28 @@
 """What a worker's sessions run on, built from the config after fork.
 
 This is the one place that picks implementations for the ports: PostgreSQL for the maildrop and
-the credentials, bcrypt API keys for authentication, statsd (or nothing) for metrics, and the
-in-process registry for the per-user session limit.
+the credentials, bcrypt API keys for authentication (with the memcached auth cache and rate
+limiter), the memcached registry for the per-user session limit, and statsd (or nothing) for
+metrics.  It also gives the master the one thing it needs from memcached: freeing the slots of
+a worker that died without releasing them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import threading
 from dataclasses import dataclass, field
 
-from pop3d.adapters.local import LocalRegistry
+from pop3d.adapters.memcache import SharedState, build_shared_state
+from pop3d.adapters.registry import MemcacheRegistry
 from pop3d.adapters.statsd import NullMetrics, StatsdMetrics
 from pop3d.auth import KeyAuthenticator
 from pop3d.config import Config, read_secret
-from pop3d.ports import Registry
 from pop3d.store import Database, DbSettings, PgCredentialStore, PgMaildrop
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,12 +30,16 @@ class WorkerServices:
     maildrop: PgMaildrop
     authenticator: KeyAuthenticator
     credentials: PgCredentialStore
-    registry: Registry
+    shared: SharedState
     metrics: StatsdMetrics | NullMetrics
     database: Database
     _threads: threading.local = field(default_factory=threading.local)
     _thread_databases: list[Database] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def registry(self) -> MemcacheRegistry:
+        return self.shared.registry
 
     def thread_maildrop(self) -> PgMaildrop:
         """A maildrop on the calling pool thread's own connection (logins take their snapshot
@@ -43,33 +53,62 @@ class WorkerServices:
         return maildrop
 
     def periodic(self) -> None:
-        """Called from the worker's loop about once a second."""
+        """Housekeeping about once a second, on a pool thread: last_used_at writes, and keeping
+        this worker's registry slots from expiring."""
         self.authenticator.flush_touches(force=False)
+        self.shared.registry.refresh_if_due()
 
     def close(self) -> None:
         self.authenticator.flush_touches(force=True)
         self.credentials.close()
         for database in (self.database, *self._thread_databases):
             database.close()
+        self.shared.close()
         self.metrics.close()
 
 
+def session_prefix(pid: int) -> str:
+    """The start of every session id of the worker ``pid`` on this host: ``host:pid:``."""
+    return f"{socket.gethostname()}:{pid}:"
+
+
 def build_services(config: Config) -> WorkerServices:
-    """Connect nothing yet: database connections open lazily on first use, so a worker boots
-    while PostgreSQL is down and answers ``[SYS/TEMP]`` until it is back."""
+    """Connect nothing yet: database and memcached connections open on first use, so a worker
+    boots while PostgreSQL is down and answers ``[SYS/TEMP]`` until it is back."""
     settings = DbSettings(config.database.dsn,
                           connect_timeout=config.database.connect_timeout,
                           statement_timeout=config.database.statement_timeout,
                           application_name=f"pop3d worker {os.getpid()}")
     credentials = PgCredentialStore(settings)
     database = Database(settings)
+    shared = _shared_state(config)
     auth = config.auth
     authenticator = KeyAuthenticator(credentials, scope=auth.scope, bcrypt_cost=auth.bcrypt_cost,
-                                     cache=None, cache_secret=read_secret(config),
-                                     cache_ttl=auth.cache_ttl, rate_limiter=None)
+                                     cache=shared.auth_cache if auth.cache_ttl > 0 else None,
+                                     cache_secret=read_secret(config), cache_ttl=auth.cache_ttl,
+                                     rate_limiter=shared.rate_limiter)
     return WorkerServices(maildrop=PgMaildrop(database), authenticator=authenticator,
-                          credentials=credentials, registry=LocalRegistry(),
-                          metrics=_metrics(config), database=database)
+                          credentials=credentials, shared=shared, metrics=_metrics(config),
+                          database=database)
+
+
+def release_worker_slots(config: Config, pid: int) -> None:
+    """For the master, after reaping worker ``pid``: free the registry slots its sessions held
+    (a SIGKILLed worker could not).  Never raises; a fresh client each time, so no socket is
+    inherited by the workers the master forks later."""
+    shared = _shared_state(config)
+    try:
+        freed = shared.registry.release_worker(session_prefix(pid))
+        if freed:
+            log.info("released %d registry slots of worker %d", freed, pid)
+    finally:
+        shared.close()
+
+
+def _shared_state(config: Config) -> SharedState:
+    m, auth = config.memcached, config.auth
+    return build_shared_state(m.servers, m.timeout, m.registry_failure,
+                              max_failures=auth.max_failures, lockout=auth.lockout)
 
 
 def _metrics(config: Config) -> StatsdMetrics | NullMetrics:

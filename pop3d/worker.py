@@ -42,7 +42,7 @@ from pop3d.channel import Channel, ChannelHost, Phase
 from pop3d.config import TLS_VERSIONS, Config, is_trusted
 from pop3d.errors import EXIT_OK, EXIT_WORKER_BOOT_ERROR
 from pop3d.heartbeat import Heartbeat
-from pop3d.services import WorkerServices, build_services
+from pop3d.services import WorkerServices, build_services, session_prefix
 from pop3d.session import Authenticate, LoginGrant, Peer, Services, Session, SessionSettings
 from pop3d.sockets import Listener
 
@@ -76,6 +76,7 @@ class Worker(ChannelHost):
         self._draining_until: float | None = None
         self._stopped = False
         self._next_tick = 0.0
+        self._housekeeping: Future[None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -149,7 +150,7 @@ class Worker(ChannelHost):
         if self._draining_until is None and \
                 len(self.channels) < self.config.server.worker_connections:
             self._set_accepting(True)
-        self.services.periodic()
+        self._start_housekeeping()
         sessions = len(self.channels)
         self.heartbeat.beat(sessions)
         setproctitle(f"pop3d: worker {self.age} [{sessions} sessions]")
@@ -158,6 +159,17 @@ class Worker(ChannelHost):
             self._drain(now)
         if self._draining_until is not None:
             self._check_drained(now)
+
+    def _start_housekeeping(self) -> None:
+        """Registry refreshes and last_used_at writes go to the pool, one run at a time."""
+        if self._housekeeping is None or self._housekeeping.done():
+            self._housekeeping = self.pool.submit(self._housekeep)
+
+    def _housekeep(self) -> None:
+        try:
+            self.services.periodic()
+        except Exception:
+            log.exception("worker %d: housekeeping failed", self.age)
 
     # --- accepting --------------------------------------------------------------------------
 
@@ -271,7 +283,7 @@ class Worker(ChannelHost):
                     stls_available=self.tls_context is not None and not tls)
 
     def open_session(self, channel: Channel, peer: Peer) -> Session:
-        session_id = f"{socket.gethostname()}:{os.getpid()}:{next(self._ids)}"
+        session_id = f"{session_prefix(os.getpid())}{next(self._ids)}"
         services = Services(maildrop=self.services.maildrop, registry=self.services.registry,
                             metrics=self.services.metrics)
         return Session(self.settings, services, peer, session_id=session_id)
