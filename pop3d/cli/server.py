@@ -1,27 +1,38 @@
 """Server control commands: start, stop, reload and status.
 
-``start`` runs the master (:mod:`pop3d.master`) in the foreground, or detached with ``--daemon``.
-The other commands find the master through the pidfile named in the configuration and read the
-status file it publishes next to it (:mod:`pop3d.pidfile`).  ``status`` exits with the LSB
-init-script codes: 0 running, 1 dead but the pidfile remains, 3 not running.
+``start`` runs the master (:mod:`pop3d.master`) in the foreground, or detached with ``--daemon``
+(then it returns once the workers serve).  It imports the worker module before the master drops
+privileges (the service user may not be able to read the Python installation), and reports the
+master's session and worker counts to statsd as absolute gauges.  The other commands find the
+master through the pidfile named in the configuration and read the status file it publishes next
+to it (:mod:`pop3d.pidfile`).  ``status`` exits with the LSB init-script codes: 0 running, 1 dead
+but the pidfile remains, 3 not running.
 """
 
 from __future__ import annotations
 
+import contextlib
+
+# socket.getaddrinfo() loads the idna codec the first time it resolves a name; workers resolve the
+# statsd and memcached hosts after the privilege drop, when the service user may not be able to
+# read the standard library: import it now, like the worker module.
+import encodings.idna  # noqa: F401
 import importlib
 import logging
 import os
+import select
 import signal
 import sys
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn, cast
 
 import click
 
 from pop3d import config
 from pop3d import log as log_module
+from pop3d.adapters.statsd import NullMetrics, StatsdMetrics
 from pop3d.cli.base import config_option, fail, load_config, main
 from pop3d.errors import EXIT_OK, ConfigError
 from pop3d.heartbeat import Heartbeat
@@ -35,6 +46,8 @@ from pop3d.master import (
     WorkerFactory,
 )
 from pop3d.pidfile import process_alive, read_pid, read_status, status_path
+from pop3d.sdnotify import Notifier
+from pop3d.services import release_worker_slots
 from pop3d.sockets import Listener
 
 log = logging.getLogger(__name__)
@@ -46,22 +59,58 @@ LSB_INSUFFICIENT_PRIVILEGE = 4
 LSB_UNKNOWN = 4  # `status`: the state cannot be determined
 LSB_PROGRAM_NOT_RUNNING = 7  # `reload` of a server that is not running
 EXIT_TIMEOUT = 1
-WAIT_MARGIN_SECONDS = 10.0  # beyond the server's own timeouts, for `stop` and `reload`
+WAIT_MARGIN_SECONDS = 10.0  # beyond the server's own timeouts, for `stop`, `reload`, `--daemon`
 POLL_SECONDS = 0.05
+DAEMON_READY = "ok"  # what a daemonized master reports once its workers serve
 
 
 def load_factory(spec: str) -> WorkerFactory:
-    """A factory building ``MODULE:CALLABLE`` workers; the module is imported at the first call,
-    in the master, so an import error stops the master as a worker boot error."""
+    """A factory building ``MODULE:CALLABLE`` workers.  The module (with everything it imports)
+    is imported now, by `start`, before the master drops privileges: the service user may not
+    be able to read the Python installation.  Whatever the import raises propagates."""
     module_name, _, attribute = spec.partition(":")
+    worker_class = getattr(importlib.import_module(module_name), attribute)
 
     def factory(age: int, cfg: config.Config, listeners: Sequence[Listener],
                 heartbeat: Heartbeat) -> Runnable:
-        worker_class = getattr(importlib.import_module(module_name), attribute)
         worker = worker_class(age=age, config=cfg, listeners=list(listeners), heartbeat=heartbeat)
         return cast(Runnable, worker)
 
     return factory
+
+
+def metrics_for(settings: config.StatsdConfig) -> StatsdMetrics | NullMetrics:
+    if not settings.enabled:
+        return NullMetrics()
+    return StatsdMetrics(settings.host, settings.port, settings.prefix)
+
+
+class StatusGauges:
+    """The master's ``on_status``: ``sessions.active`` and ``workers`` as absolute statsd gauges,
+    sent where the configuration being served says (a reload changing ``[statsd]`` rebuilds the
+    client; if that fails, the master logs it and the next report tries again)."""
+
+    def __init__(self, settings: config.StatsdConfig) -> None:
+        self._settings = settings
+        self._metrics = metrics_for(settings)
+
+    def report(self, settings: config.StatsdConfig, sessions: int, workers: int) -> None:
+        if settings != self._settings:
+            metrics = metrics_for(settings)
+            self._metrics.close()
+            self._metrics, self._settings = metrics, settings
+        self._metrics.gauge("sessions.active", sessions)
+        self._metrics.gauge("workers", workers)
+
+
+def build_master(cfg: config.Config, factory: WorkerFactory,
+                 notifier: Notifier | None = None) -> Master:
+    gauges = StatusGauges(cfg.statsd)
+    master = Master(cfg, factory, notifier=notifier,
+                    on_status=lambda sessions, workers: gauges.report(master.config.statsd,
+                                                                      sessions, workers),
+                    on_worker_exit=lambda pid: release_worker_slots(master.config, pid))
+    return master
 
 
 # --- start ---------------------------------------------------------------------------------
@@ -79,11 +128,12 @@ def start(config_path: str | None, daemon: bool, worker_spec: str) -> None:
         log_module.setup(cfg.logging.level, cfg.logging.file)
     except OSError as exc:
         fail(f"cannot open the log file {cfg.logging.file}: {exc.strerror}", EXIT_STARTUP_FAILED)
-    master = Master(cfg, load_factory(worker_spec))
+    factory = _load_worker(worker_spec, cfg)
     if daemon:
         if not cfg.logging.file:
             click.echo("warning: --daemon without logging.file: the log is discarded", err=True)
-        _start_daemon(master, cfg.server.pidfile)
+        _start_daemon(cfg, factory)
+    master = build_master(cfg, factory)
     try:
         master.start()
     except StartError as exc:
@@ -93,33 +143,115 @@ def start(config_path: str | None, daemon: bool, worker_spec: str) -> None:
     sys.exit(master.run())
 
 
-def _start_daemon(master: Master, pidfile: str) -> NoReturn:
-    """Double fork; the original process exits once the master has its pidfile and sockets."""
+def _load_worker(spec: str, cfg: config.Config) -> WorkerFactory:
+    try:
+        return load_factory(spec)
+    except Exception as exc:
+        message = f"cannot load the worker {spec}: {exc.__class__.__name__}: {exc}"
+        if cfg.logging.file:
+            log.error("cannot start: %s", message)
+        fail(message, EXIT_STARTUP_FAILED)
+
+
+class StartupReport(Notifier):
+    """systemd's notifier that also tells a waiting `pop3d start --daemon` how start-up ended:
+    :data:`DAEMON_READY` once the workers serve, or why the master stops before that (followed
+    by ``hint``).  Workers close it right after fork (as they close any notifier), so only the
+    master holds the pipe."""
+
+    def __init__(self, fd: int, hint: str = "", environ: Mapping[str, str] = os.environ,
+                 ) -> None:
+        super().__init__(environ)
+        self._fd = fd
+        self._hint = hint
+
+    def report(self, message: str) -> None:
+        """Send ``message`` (the first one only) and close the pipe."""
+        if self._fd < 0:
+            return
+        with contextlib.suppress(OSError):  # the waiting process is gone: nobody to tell
+            os.write(self._fd, message.replace("\n", " ").encode("utf-8") + b"\n")
+        self._close_pipe()
+
+    def ready(self, status: str) -> bool:
+        self.report(DAEMON_READY)
+        return super().ready(status)
+
+    def stopping(self, status: str) -> bool:
+        self.report(status + self._hint)
+        return super().stopping(status)
+
+    def close(self) -> None:
+        self._close_pipe()
+        super().close()
+
+    def _close_pipe(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _start_daemon(cfg: config.Config, factory: WorkerFactory) -> NoReturn:
+    """Double fork; the original process exits once the master's workers serve, or with the
+    reason the master gave up."""
     read_end, write_end = os.pipe()
     child = os.fork()
     if child:
         os.close(write_end)
         os.waitpid(child, 0)
-        with os.fdopen(read_end, "rb") as pipe:
-            report = pipe.read().decode("utf-8", "replace")
-        if report != "ok":
-            fail(report or "the server exited during start-up; see its log", EXIT_STARTUP_FAILED)
-        click.echo(f"pop3d started (pid {read_pid(pidfile)})")
-        sys.exit(EXIT_OK)
+        _await_daemon(read_end, cfg)
     os.close(read_end)
     os.setsid()
     if os.fork():
         os._exit(EXIT_OK)
     _detach_stdio()
+    report = StartupReport(write_end, _see_the_log(cfg))
+    master = build_master(cfg, factory, notifier=report)
     try:
         master.start()
     except StartError as exc:
         log.error("cannot start: %s", exc)
-        os.write(write_end, str(exc).encode("utf-8"))
+        report.report(str(exc))
         os._exit(EXIT_STARTUP_FAILED)
-    os.write(write_end, b"ok")
-    os.close(write_end)
     sys.exit(master.run())
+
+
+def _see_the_log(cfg: config.Config) -> str:
+    return f" (see the log: {cfg.logging.file})" if cfg.logging.file else ""
+
+
+def _await_daemon(read_end: int, cfg: config.Config) -> NoReturn:
+    timeout = cfg.server.worker_timeout + WAIT_MARGIN_SECONDS
+    report = read_report(read_end, timeout)
+    pid = read_pid(cfg.server.pidfile)
+    if report is None:
+        fail(f"the server (pid {pid}) has no workers serving after {timeout:g} s; it may still "
+             f"be starting{_see_the_log(cfg)}", EXIT_TIMEOUT)
+    if not report:
+        fail(f"the server exited during start-up{_see_the_log(cfg)}", EXIT_STARTUP_FAILED)
+    if report != DAEMON_READY:
+        fail(report, EXIT_STARTUP_FAILED)
+    click.echo(f"pop3d started (pid {pid})")
+    sys.exit(EXIT_OK)
+
+
+def read_report(fd: int, timeout: float) -> str | None:
+    """The first line written to the pipe ``fd`` (what was written, maybe "", when every writer
+    closed it before a whole line), or None after ``timeout`` seconds; closes ``fd``."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    try:
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.partition(b"\n")[0].decode("utf-8", "replace")
 
 
 def _detach_stdio() -> None:

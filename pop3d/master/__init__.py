@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-:meth:`Master.start` does what happens once, as the invoking user (usually root): take the
+:meth:`Master.start` does what happens once, as the invoking user (usually root): check that
+the service user can open every file it will need later (:mod:`~pop3d.master.access`), take the
 pidfile, bind every ``listen``/``tls_listen`` address, raise RLIMIT_NOFILE, drop privileges
 (:mod:`~pop3d.master.startup`).  :meth:`Master.run` is then a loop in the manner of gunicorn's
 arbiter (:mod:`~pop3d.master.arbiter`).  Each turn it
@@ -15,7 +16,8 @@ arbiter (:mod:`~pop3d.master.arbiter`).  Each turn it
    running after their stop deadline;
 5. asks :func:`plan_workers` how many workers to spawn and which to retire, and does it,
    respecting the respawn back-off;
-6. tells systemd and the status file what changed (:mod:`~pop3d.master.status`).
+6. tells systemd and the status file what changed (:mod:`~pop3d.master.status`), and the
+   caller's ``on_status`` the session and worker counts (statsd gauges).
 
 Every worker belongs to a configuration *generation* (:mod:`~pop3d.master.generations`).  HUP
 loads the configuration as a new generation; the plan spawns workers for it and, once all of them
@@ -49,6 +51,7 @@ from pop3d.master.plan import (
     plan_workers,
     record_death,
     record_health,
+    report_due,
     respawn_delay,
     restart_only_changes,
     worker_count,
@@ -84,6 +87,7 @@ __all__ = [
     "plan_workers",
     "record_death",
     "record_health",
+    "report_due",
     "respawn_delay",
     "restart_only_changes",
     "run_worker",

@@ -42,14 +42,26 @@ class Master:
     ``notifier`` defaults to the ``$NOTIFY_SOCKET`` one.  ``on_worker_exit(pid)``, if given, is
     called in the master after each worker is reaped, to release what a worker killed with
     SIGKILL could not (shared per-user registry entries, for one); its exceptions are logged.
+
+    ``on_status(sessions, workers)``, if given, is called from the loop with the sessions open
+    in all workers together (from their heartbeats) and the number of worker processes: at once
+    when the number of workers changes, else once a second, and a last time with ``(0, 0)`` as
+    the master exits.  It is how absolute gauges reach statsd (``sessions.active``, ``workers``):
+    counts kept by the workers themselves drift when one is killed.  Its exceptions are logged
+    (once, until a call succeeds again).
     """
 
     def __init__(self, config: Config, factory: WorkerFactory, *,
                  notifier: Notifier | None = None,
-                 on_worker_exit: Callable[[int], None] | None = None) -> None:
+                 on_worker_exit: Callable[[int], None] | None = None,
+                 on_status: Callable[[int, int], None] | None = None) -> None:
         self._factory = factory
         self._notifier = notifier or Notifier()
         self._on_worker_exit = on_worker_exit
+        self._on_status = on_status
+        self._reported: tuple[int, int] | None = None  # what on_status was last told
+        self._reported_at = 0.0
+        self._status_failing = False
         self._pidfile = Pidfile(config.server.pidfile)
         self._status = StatusFile(status_path(config.server.pidfile), self._notifier)
         self._generations = Generations(config)
@@ -69,8 +81,9 @@ class Master:
     # start-up and shutdown
 
     def start(self) -> None:
-        """Take the pidfile, bind, raise the open-files limit, drop privileges (StartError)."""
-        self._generations.listen(acquire(self.config.server, self._pidfile))
+        """Check that the service user can open the files it will need, take the pidfile, bind,
+        raise the open-files limit, drop privileges (StartError)."""
+        self._generations.listen(acquire(self.config, self._pidfile))
 
     def run(self) -> int:
         """The master loop, after :meth:`start`; returns the process exit code."""
@@ -82,8 +95,9 @@ class Master:
             self._manage_workers()
             while self._turn():
                 pass
-        except Exception:
+        except Exception as exc:
             log.exception("the master failed; killing its workers")
+            self._notifier.stopping(f"the master failed: {exc!r}")
             self._stop = plan.Stop(graceful=False, deadline=0.0, exit_code=EX_SOFTWARE)
         finally:
             self._shutdown()
@@ -98,6 +112,8 @@ class Master:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(worker.pid, 0)
             self._after_exit(worker)
+        self._workers.clear()
+        self._report_status(0, 0, force=True)
         close_all(self._generations.held())
         self._notifier.close()
         self._signals.uninstall()
@@ -119,7 +135,9 @@ class Master:
         if self._stop is None:
             self._manage_workers()
         self._kill_overdue()
-        self._status.publish(self.snapshot())
+        snapshot = self.snapshot()
+        self._status.publish(snapshot)
+        self._report_status(snapshot["sessions"], len(snapshot["workers"]))
         return self._stop is None or bool(self._workers)
 
     def _wait(self) -> None:
@@ -270,6 +288,23 @@ class Master:
             log.warning("%d early worker deaths in a row; next spawn in %.1f s",
                         self._backoff.failures, self._backoff.not_before - now)
 
+    def _report_status(self, sessions: int, workers: int, force: bool = False) -> None:
+        if self._on_status is None:
+            return
+        now = time.monotonic()
+        current = (sessions, workers)
+        if not force and not plan.report_due(self._reported, current, self._reported_at, now):
+            return
+        self._reported, self._reported_at = current, now
+        try:
+            self._on_status(sessions, workers)
+        except Exception:
+            if not self._status_failing:
+                log.exception("reporting %d sessions and %d workers failed", sessions, workers)
+            self._status_failing = True
+        else:
+            self._status_failing = False
+
     def _cannot_boot(self, reason: str) -> None:
         if self._generations.reload is not None:
             self._abort_reload(reason)
@@ -288,36 +323,36 @@ class Master:
     def _on_term(self) -> None:
         log.info("SIGTERM: graceful stop; sessions have %g s to finish",
                  self.config.server.graceful_timeout)
-        self._begin_stop(graceful=True, exit_code=EXIT_OK)
+        self._begin_stop(graceful=True, exit_code=EXIT_OK, reason="stopping (SIGTERM)")
 
     def _on_int(self) -> None:
         log.info("SIGINT/SIGQUIT: fast stop; workers close their sessions now")
-        self._begin_stop(graceful=False, exit_code=EXIT_OK)
+        self._begin_stop(graceful=False, exit_code=EXIT_OK, reason="stopping (SIGINT/SIGQUIT)")
 
     def _halt(self, message: str, exit_code: int) -> None:
         log.error("%s", message)
-        self._begin_stop(graceful=True, exit_code=exit_code)
+        self._begin_stop(graceful=True, exit_code=exit_code, reason=message)
 
-    def _begin_stop(self, graceful: bool, exit_code: int) -> None:
+    def _begin_stop(self, graceful: bool, exit_code: int, reason: str) -> None:
+        """Stop; ``reason`` is the STATUS systemd shows (and what ``start --daemon`` reports
+        when the master stops before it served)."""
         now = time.monotonic()
         stop = plan.next_stop(self._stop, graceful, now, self.config.server.graceful_timeout,
                               exit_code)
         if stop is None:
             return  # already stopping at least this fast
         self._stop = stop
-        self._notifier.stopping("stopping")
+        self._notifier.stopping(reason)
         close_all(self._generations.held())
         signum = signal.SIGTERM if graceful else signal.SIGINT
         for worker in self._workers.values():
             worker.stop(signum, now)
 
     def _on_usr1(self) -> None:
-        try:
-            log_module.reopen()
-        except OSError as exc:
-            log.error("SIGUSR1: cannot reopen the log file: %s; forwarding to the workers", exc)
-        else:
+        if log_module.reopen():
             log.info("SIGUSR1: reopened log files; forwarding to the workers")
+        else:
+            log.info("SIGUSR1: forwarding to the workers")
         for worker in self._workers.values():
             worker.send(signal.SIGUSR1)
 
@@ -370,7 +405,9 @@ class Master:
 
     def _notify_ready(self, note: str) -> None:
         self._ready = True
-        self._notifier.ready(summary(self.snapshot()) + note)
+        snapshot = self.snapshot()
+        self._status.publish(snapshot)  # first: whoever hears READY reads the status file next
+        self._notifier.ready(summary(snapshot) + note)
 
     # reporting
 

@@ -1,7 +1,8 @@
 """Configuration generations: what the master serves, and a reload from one to the next.
 
 A generation is a configuration, the listeners it names and how many workers it wants.  HUP
-loads the file again as generation N+1: it binds only the addresses N did not listen on and
+loads the file again as generation N+1: it checks that the master's user can read what the new
+workers will read (:mod:`~pop3d.master.access`), binds only the addresses N did not listen on and
 reopens the logs; the arbiter then spawns N+1's workers.  Once they all serve,
 :meth:`Generations.complete` closes the listeners only N used; if one cannot boot,
 :meth:`Generations.abort` goes back to N, closing what N+1 added.  The listeners the two share
@@ -21,6 +22,7 @@ from pop3d import config as config_module
 from pop3d import log as log_module
 from pop3d.config import Config
 from pop3d.errors import ConfigError
+from pop3d.master import access
 from pop3d.master.plan import adjust_target, restart_only_changes, worker_count
 from pop3d.sockets import BindError, Listener, bind_all, close_all, unused
 
@@ -54,6 +56,7 @@ class Generations:
         self.result: dict[str, Any] = {"serial": 0, "result": None, "error": None}
         self._last_number = 1
         self._again = False
+        self._pidfile = config.server.pidfile  # server.pidfile changes only at a restart
 
     def listen(self, listeners: list[Listener]) -> None:
         """The listeners bound at start-up."""
@@ -105,6 +108,11 @@ class Generations:
             return self._fail(serial, "; ".join(str(p) for p in exc.problems))
         for warning in [*warnings, *restart_only_changes(self.current.config, new)]:
             log.warning("reload: %s", warning)
+        try:
+            access.check(new, access.current_account(), self._pidfile)
+        except access.AccessError as exc:
+            log.error("reload: %s", exc)
+            return self._fail(serial, str(exc))
         return self._apply(serial, new)
 
     def _apply(self, serial: int, new: Config) -> bool:
@@ -113,13 +121,11 @@ class Generations:
         except BindError as exc:
             log.error("reload: %s", exc)
             return self._fail(serial, str(exc))
-        try:
-            log_module.setup(new.logging.level, new.logging.file)
-        except OSError as exc:
-            self._restore_logging()
+        error = switch_logging(self.current.config, new)
+        if error:
             close_all(added)
-            log.error("reload: cannot open the log file: %s", exc)
-            return self._fail(serial, f"cannot open the log file: {exc}")
+            log.error("reload: %s", error)
+            return self._fail(serial, error)
         self.reload = Reload(serial, self.current, added)
         self._last_number += 1
         target = worker_count(new.server.workers, os.cpu_count())
@@ -146,15 +152,20 @@ class Generations:
         if reload is None:
             return
         close_all(reload.added)
-        abandoned, self.current = self.current.number, reload.previous
-        self._restore_logging()
-        message = f"generation {abandoned} abandoned, generation {self.current.number} keeps " \
-                  f"serving: {reason}"
+        abandoned, self.current = self.current, reload.previous
+        self._restore_logging(abandoned.config)
+        message = f"generation {abandoned.number} abandoned, generation " \
+                  f"{self.current.number} keeps serving: {reason}"
         log.error("reload: %s", message)
         self._fail(reload.serial, message)
 
-    def _restore_logging(self) -> None:
-        log_module.setup(self.current.config.logging.level, self.current.config.logging.file)
+    def _restore_logging(self, abandoned: Config) -> None:
+        """Log as the generation served again does; never raises (the new log stays if the old
+        one cannot be opened again)."""
+        error = switch_logging(abandoned, self.current.config)
+        if error:
+            log.error("reload: %s; still logging to %s", error,
+                      abandoned.logging.file or "stderr")
 
     def _fail(self, serial: int, error: str) -> bool:
         self._record(serial, "failed", error)
@@ -162,3 +173,19 @@ class Generations:
 
     def _record(self, serial: int, result: str, error: str | None) -> None:
         self.result = {"serial": serial, "result": result, "error": error, "time": time.time()}
+
+
+def switch_logging(old: Config, new: Config) -> str:
+    """Log as ``new`` says, coming from ``old``; why that failed ("" when it did not).
+
+    The same file is reopened (as USR1 does), which never fails: the file in use stays if the
+    path cannot be opened.  Another file must open, or the logging stays as it was."""
+    if new.logging.file == old.logging.file:
+        log_module.reopen()
+        log_module.set_level(new.logging.level)
+        return ""
+    try:
+        log_module.setup(new.logging.level, new.logging.file)
+    except OSError as exc:
+        return f"cannot open the log file {new.logging.file}: {exc.strerror or exc}"
+    return ""

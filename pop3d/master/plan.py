@@ -23,6 +23,7 @@ BACKOFF_BASE_SECONDS = 0.5  # respawn delay after the second early death, doubli
 BACKOFF_MAX_SECONDS = 10.0
 FAST_STOP_SECONDS = 2.0  # INT/QUIT: how long workers get to close their sessions
 KILL_SLACK_SECONDS = 1.0  # after graceful_timeout, time for a worker to close what is left
+STATUS_REPORT_SECONDS = 1.0  # on_status at most this often, unless the number of workers moved
 RESTART_ONLY = ("pidfile", "user", "group")  # server settings the master holds since start-up
 
 
@@ -186,6 +187,16 @@ def stale_reason(age_seconds: float, booted: bool, timeout: float) -> str | None
         return None
     what = "no heartbeat" if booted else "not booted"
     return f"{what} for {age_seconds:.1f} s (worker_timeout {timeout:g} s)"
+
+
+def report_due(previous: tuple[int, int] | None, current: tuple[int, int], last: float,
+               now: float) -> bool:
+    """Call ``on_status`` with ``current`` ``(sessions, workers)`` now?  At once the first time
+    and when the number of workers changed; otherwise once per STATUS_REPORT_SECONDS (session
+    counts move all the time)."""
+    if previous is None or previous[1] != current[1]:
+        return True
+    return now - last >= STATUS_REPORT_SECONDS
 
 
 def wait_seconds(now: float, *, booting: bool, signals_pending: bool,

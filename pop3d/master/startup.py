@@ -1,9 +1,11 @@
 """What the master does once, as the invoking user (usually root), before any worker runs.
 
-Take the pidfile (creating its directory), bind every ``listen``/``tls_listen`` address, raise
-RLIMIT_NOFILE for the workers to inherit, then drop privileges, chowning first what the master
-will have to remove as the service user.  Any failure undoes what was done and becomes one
-:class:`StartError` line for the operator.
+Make sure the service user will be able to open every file it needs later
+(:mod:`~pop3d.master.access`), take the pidfile (creating its directory, owned by the service
+user), bind every ``listen``/``tls_listen`` address, raise RLIMIT_NOFILE for the workers to
+inherit, then drop privileges, first giving the service user the pidfile and the log file root
+opened, so it can remove the one and reopen the other.  Any failure undoes what was done and
+becomes one :class:`StartError` line for the operator.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import os
 import pwd
 from collections.abc import Sequence
 
-from pop3d.config import ServerConfig
+from pop3d import log as log_module
+from pop3d.config import Config
+from pop3d.master import access
 from pop3d.pidfile import Pidfile, PidfileError
 from pop3d.sockets import BindError, Listener, bind_all, close_all, raise_nofile_limit
 
@@ -27,35 +31,63 @@ class StartError(Exception):
     """The master cannot start; the message is one line for the operator."""
 
 
-def acquire(server: ServerConfig, pidfile: Pidfile) -> list[Listener]:
-    """Take the pidfile, bind, raise the open-files limit, drop privileges (StartError)."""
+def acquire(config: Config, pidfile: Pidfile) -> list[Listener]:
+    """Check access, take the pidfile, bind, raise the open-files limit, drop privileges
+    (StartError)."""
+    server = config.server
     listeners: list[Listener] = []
     try:
-        created = make_pidfile_directory(pidfile.path)
+        account = access.service_account(server.user, server.group)
+        make_pidfile_directory(pidfile.path, account)
+        check_access(config, account)
         pidfile.create()
         listeners, _ = bind_all(server)
         raise_nofile_limit(server.worker_connections)
-        drop_privileges(server.user, server.group, chown=[*created, server.pidfile])
-    except (PidfileError, BindError, StartError, OSError) as exc:
+        drop_privileges(server.user, server.group, chown=[server.pidfile])
+    except (PidfileError, BindError, StartError, access.AccessError, OSError) as exc:
         close_all(listeners)
         pidfile.remove()
         raise StartError(str(exc)) from None
     for listener in listeners:
         log.info("listening on %s", listener)
+    warn_unless_reopenable(config.logging.file)
     return listeners
 
 
-def make_pidfile_directory(pidfile: str) -> list[str]:
-    """The pidfile's directory, created if missing; returns it when created (to chown)."""
+def warn_unless_reopenable(log_file: str) -> None:
+    """After the drop: say so now if USR1 and reloads will not be able to reopen the log."""
+    reason = access.unappendable(log_file) if log_file else ""
+    if reason:
+        log.warning("user %s cannot reopen the log file %s (%s): USR1 and reloads will keep "
+                    "writing to the file opened at start; make it writable by that user",
+                    access.current_account().name, log_file, reason)
+
+
+def check_access(config: Config, account: access.Account | None) -> None:
+    """AccessError unless ``account`` (default: this process) can open what it will need."""
+    pidfile = config.server.pidfile
+    if account is None:
+        access.check(config, access.current_account(), pidfile)
+        return
+    with access.acting_as(account):
+        access.check(config, account, pidfile)
+
+
+def make_pidfile_directory(pidfile: str, owner: access.Account | None = None) -> list[str]:
+    """The pidfile's directory, created if missing and then given to ``owner``; returns it when
+    created.  A directory that exists already is never chowned."""
     directory = os.path.dirname(os.path.abspath(pidfile))
     if os.path.isdir(directory):
         return []
     os.makedirs(directory, mode=PIDFILE_DIRECTORY_MODE)
+    if owner is not None:
+        os.chown(directory, owner.uid, owner.gid)
     return [directory]
 
 
 def drop_privileges(user: str, group: str, chown: Sequence[str] = ()) -> None:
-    """Become ``user``:``group`` (group default: the user's), after chowning ``chown``."""
+    """Become ``user``:``group`` (group default: the user's), after chowning ``chown`` and the
+    log file root opened (:func:`pop3d.log.hand_over`)."""
     if not user:
         return
     try:
@@ -70,6 +102,8 @@ def drop_privileges(user: str, group: str, chown: Sequence[str] = ()) -> None:
         raise StartError(f"cannot switch to user {user!r}: the master is not running as root")
     for path in chown:
         os.chown(path, account.pw_uid, gid)
+    for path in log_module.hand_over(account.pw_uid, gid):
+        log.info("log file %s now belongs to %s, so it can be reopened", path, user)
     os.initgroups(user, gid)
     os.setgid(gid)
     os.setuid(account.pw_uid)

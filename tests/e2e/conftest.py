@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -252,6 +254,25 @@ def start_master(tmp_path: Path) -> Iterator[Callable[..., MasterHandle]]:
     yield start
     for handle in handles:
         handle.stop()
+
+
+@pytest.fixture
+def world_readable_dir() -> Iterator[Path]:
+    """A directory the service user can reach (pytest's own temporary tree is root-only)."""
+    directory = Path(tempfile.mkdtemp(prefix="pop3d-e2e-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def statsd_listener() -> Iterator[socket.socket]:
+    """A UDP socket standing in for statsd (datagrams arrive within 0.2 s or not at all)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    yield sock
+    sock.close()
 
 
 # Fixtures for tests of the whole server (real worker, PostgreSQL, TLS).  Imported last: they

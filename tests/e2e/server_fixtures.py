@@ -129,7 +129,7 @@ def sized_message(size: int) -> bytes:
 def as_sent(raw: bytes) -> bytes:
     """What RETR must send for ``raw`` (before dot-stuffing): every line end CRLF, and a final
     CRLF.  Written independently of the server's normaliser on purpose."""
-    text = re.sub(rb"\r\n|\r|\n", b"\r\n", raw)
+    text = re.sub(rb"\r+\n|\r|\n", b"\r\n", raw)  # a CR run before LF is one line end
     return text if text.endswith(b"\r\n") else text + b"\r\n"
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ pytestmark = pytest.mark.e2e
 
 SCRIPT = """
 import sys
+import time
 from pathlib import Path
 
 from echo_worker import EchoWorker
@@ -38,7 +41,12 @@ def on_worker_exit(pid):
         raise RuntimeError("the first cleanup fails")
 
 
-master = Master(cfg, build, on_worker_exit=on_worker_exit)
+def on_status(sessions, workers):
+    with Path(sys.argv[3]).open("a") as f:
+        f.write(f"{time.monotonic()} {sessions} {workers}\\n")
+
+
+master = Master(cfg, build, on_worker_exit=on_worker_exit, on_status=on_status)
 master.start()
 sys.exit(master.run())
 """
@@ -54,7 +62,8 @@ def api_master(tmp_path: Path):
     stderr_path = tmp_path / "stderr.log"
     with stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, str(config_path), str(tmp_path / "exits")],
+            [sys.executable, "-c", SCRIPT, str(config_path), str(tmp_path / "exits"),
+             str(tmp_path / "statuses")],
             env=env, stdout=stderr, stderr=stderr, start_new_session=True)
     handle = MasterHandle(process, tmp_path, config_path, settings, env, stderr_path)
     yield handle
@@ -76,3 +85,29 @@ def test_the_caller_cleans_up_after_every_reaped_worker(api_master, tmp_path):
     api_master.send_signal(signal.SIGTERM)
     assert api_master.wait_exit() == 0
     assert sorted(map(int, exits.read_text().split()[1:])) == sorted([survivor, replacement])
+
+
+def reports(tmp_path: Path) -> list[tuple[float, int, int]]:
+    path = tmp_path / "statuses"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(float(t), int(s), int(w)) for t, s, w in (line.split() for line in lines)]
+
+
+def test_on_status_reports_sessions_and_workers_once_a_second(api_master, tmp_path):
+    api_master.wait_ready()
+    sock = api_master.connect()
+    holder = int(sock.makefile("rb").readline().split()[1])
+    sock.sendall(b"HOLD\r\n")
+    wait_until(lambda: (1, 2) in [(s, w) for _, s, w in reports(tmp_path)], 5.0,
+               "a report of the held session")
+    time.sleep(2.5)
+    steady = [t for t, s, w in reports(tmp_path) if (s, w) == (1, 2)]
+    gaps = [b - a for a, b in itertools.pairwise(steady)]
+    assert len(steady) >= 2
+    assert all(0.9 <= gap <= 1.6 for gap in gaps), gaps
+    os.kill(holder, signal.SIGKILL)  # it cannot say its session is gone: the count must not drift
+    wait_until(lambda: reports(tmp_path)[-1][1:] == (0, 2), 5.0, "no session left")
+    sock.close()
+    api_master.send_signal(signal.SIGTERM)
+    assert api_master.wait_exit() == 0
+    assert reports(tmp_path)[-1][1:] == (0, 0)

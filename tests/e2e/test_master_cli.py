@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -80,7 +81,7 @@ def test_stop_and_status_still_work_when_the_config_no_longer_validates(start_ma
     assert master.wait_exit(1) == 0
 
 
-def test_daemon_returns_once_the_pidfile_exists(start_master, tmp_path):
+def test_daemon_returns_once_the_workers_serve(start_master, tmp_path):
     template = start_master(worker=ECHO_WORKER, wait=False)
     template.stop()  # only its configuration and environment are reused
     config = template.config_path
@@ -97,7 +98,7 @@ def test_daemon_returns_once_the_pidfile_exists(start_master, tmp_path):
         assert os.getsid(daemon) != daemon  # but not its leader: it cannot get a terminal
         handle = MasterHandle(template.process, template.directory, config, template.settings,
                               template.env, template.stderr_path)
-        wait_until(lambda: len(handle.worker_pids()) == 2, 10.0, "the daemon's workers")
+        assert len(handle.worker_pids()) == 2  # at once: they serve before `start` returns
         with socket.create_connection(("127.0.0.1", template.port), timeout=5) as sock:
             assert read_line(sock).startswith("+OK ")
         second = subprocess.run(command, env=template.env, capture_output=True, text=True,
@@ -121,3 +122,40 @@ def test_start_reports_an_address_it_cannot_bind(start_master, tmp_path):
         assert master.wait_exit() == 1
     assert f"pop3d: cannot listen on {taken}: Address already in use" in master.log_text()
     assert not master.pidfile.exists()
+
+
+def daemon(master: MasterHandle, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pop3d", "start", "--daemon", "-c",
+               str(master.config_path), "--test-worker-factory", ECHO_WORKER]
+    return subprocess.run(command, env=master.env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_daemon_waits_for_workers_that_boot_slowly(start_master):
+    template = start_master({"server": {"name": "echo-slow-boot"}}, worker=ECHO_WORKER,
+                            wait=False)
+    template.stop()
+    started = time.monotonic()
+    result = daemon(template)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - started >= 1.0  # the echo worker's first beat comes after 1 s
+        status = template.status()
+        assert status is not None
+        assert status["state"] == "running"
+        assert [w["booted"] for w in status["workers"]] == [True, True]
+    finally:
+        assert template.cli("stop").returncode == 0
+
+
+def test_daemon_reports_why_the_master_stopped_before_serving(start_master):
+    template = start_master({"server": {"name": "echo-boot-error"}}, worker=ECHO_WORKER,
+                            wait=False)
+    template.stop()
+    result = daemon(template)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith("pop3d: worker ")
+    assert result.stderr.splitlines()[-1].endswith(
+        f"could not boot; stopping instead of fork-looping (see the log: {template.log_path})")
+    assert result.stdout == ""
+    wait_until(lambda: not template.pidfile.exists(), 5.0, "the daemon to exit")

@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 import pwd
 import resource
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -221,15 +218,6 @@ def test_usr1_reopens_the_log_file(start_master):
     assert "ready: 2 workers serving" in rotated.read_text()
 
 
-@pytest.fixture
-def world_readable_dir() -> Iterator[Path]:
-    """A directory the service user can reach (pytest's own temporary tree is root-only)."""
-    directory = Path(tempfile.mkdtemp(prefix="pop3d-e2e-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory, ignore_errors=True)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
 def test_privileges_are_dropped_after_binding(start_master, world_readable_dir):
     nobody = pwd.getpwnam("nobody")
@@ -244,3 +232,39 @@ def test_privileges_are_dropped_after_binding(start_master, world_readable_dir):
     master.send_signal(signal.SIGTERM)
     assert master.wait_exit() == 0
     assert not master.pidfile.exists()
+
+
+def statsd_lines(sock: socket.socket) -> list[str]:
+    lines: list[str] = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return lines
+        lines.extend(data.decode().splitlines())
+
+
+def wait_for_gauge(sock: socket.socket, line: str, what: str) -> None:
+    seen: list[str] = []
+
+    def arrived() -> bool:
+        seen.extend(statsd_lines(sock))
+        return line in seen
+
+    wait_until(arrived, 5.0, what)
+
+
+def test_the_master_sends_absolute_session_and_worker_gauges(start_master, statsd_listener):
+    port = statsd_listener.getsockname()[1]
+    master = start_master({"statsd": {"enabled": True, "host": "127.0.0.1", "port": port}},
+                          worker=ECHO_WORKER)
+    wait_for_gauge(statsd_listener, "pop3.workers:2|g", "the workers gauge")
+    sock, holder = hold_session(master)
+    wait_for_gauge(statsd_listener, "pop3.sessions.active:1|g", "one session")
+    os.kill(holder, signal.SIGKILL)  # it never says its session ended: the master counts
+    wait_for_gauge(statsd_listener, "pop3.sessions.active:0|g", "no session after the kill")
+    sock.close()
+    master.send_signal(signal.SIGTERM)
+    assert master.wait_exit() == 0
+    final = statsd_lines(statsd_listener)
+    assert final[-2:] == ["pop3.sessions.active:0|g", "pop3.workers:0|g"], final

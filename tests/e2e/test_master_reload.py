@@ -15,7 +15,7 @@ import pytest
 from pop3d.errors import EX_CONFIG
 
 from .conftest import ECHO_WORKER, free_port, wait_until
-from .test_master_lifecycle import hold_session, read_line
+from .test_master_lifecycle import hold_session, read_line, wait_for_gauge
 
 pytestmark = pytest.mark.e2e
 
@@ -195,3 +195,17 @@ def test_reload_again_while_one_is_in_progress(start_master):
     wait_until(second_reload_done, 15.0, "the second reload")
     assert master.status()["generation"] == 3
     assert "reloading again when it ends" in master.log_text()
+
+
+def test_a_reload_moves_the_masters_gauges_to_the_new_statsd(start_master, statsd_listener):
+    old_port = statsd_listener.getsockname()[1]
+    master = start_master({"statsd": {"enabled": True, "host": "127.0.0.1", "port": old_port}},
+                          worker=ECHO_WORKER)
+    wait_for_gauge(statsd_listener, "pop3.workers:2|g", "gauges at the first statsd")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as moved:
+        moved.bind(("127.0.0.1", 0))
+        moved.settimeout(0.2)
+        master.write_config({"statsd": {"port": moved.getsockname()[1], "prefix": "moved"}})
+        result = master.cli("reload")
+        assert result.returncode == 0, result.stderr
+        wait_for_gauge(moved, "moved.workers:2|g", "gauges at the new statsd")

@@ -66,7 +66,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "config": frozenset({"root", "errors"}),
     "log": frozenset({"root", "errors"}),
     "cli": frozenset(
-        {"root", "cli", "config", "master", "worker", "store", "auth", "log", "errors"}
+        {"root", "cli", "config", "master", "worker", "store", "auth", "log", "errors", "adapters"}
         | MASTER_HELPERS
     ),
     **{helper: frozenset({"root", "config", "log", "errors"} | MASTER_HELPERS)

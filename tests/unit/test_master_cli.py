@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
+from pop3d.adapters.statsd import NullMetrics
 from pop3d.cli.server import (
+    DAEMON_READY,
+    StartupReport,
+    StatusGauges,
     control_settings,
     find_master,
     format_duration,
     format_status,
     load_factory,
+    metrics_for,
+    read_report,
 )
-from pop3d.config import Config, ServerConfig
+from pop3d.config import Config, ServerConfig, StatsdConfig
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
@@ -121,7 +128,111 @@ def test_load_factory_builds_workers_with_keyword_arguments():
     assert worker.kwargs == {"age": 4, "config": config, "listeners": [], "heartbeat": None}
 
 
-def test_load_factory_imports_only_when_called():
-    factory = load_factory("pop3d_no_such_module:Worker")
+def test_load_factory_imports_the_worker_module_at_once(tmp_path, monkeypatch):
+    # The master imports it as root, before it drops privileges, not at the first spawn.
+    (tmp_path / "pop3d_eager_worker.py").write_text("class Worker:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pop3d_eager_worker", raising=False)
+    load_factory("pop3d_eager_worker:Worker")
+    assert "pop3d_eager_worker" in sys.modules
+
+
+def test_load_factory_fails_at_once_for_a_missing_module_or_class():
     with pytest.raises(ImportError):
-        factory(1, Config(), [], None)  # type: ignore[arg-type]
+        load_factory("pop3d_no_such_module:Worker")
+    with pytest.raises(AttributeError):
+        load_factory(f"{__name__}:NoSuchWorker")
+
+
+def test_start_reports_an_unloadable_worker_in_one_line(tmp_path):
+    config = tmp_path / "pop3d.toml"
+    config.write_text('[server]\nlisten = ["127.0.0.1:1"]\ntls_listen = []\n'
+                      f'pidfile = "{tmp_path}/pop3d.pid"\n[database]\nstatement_timeout = 10\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "pop3d", "start", "-c", str(config),
+         "--test-worker-factory", "pop3d_no_such_module:Worker"],
+        capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "pop3d: cannot load the worker pop3d_no_such_module:Worker: ModuleNotFoundError: "
+        "No module named 'pop3d_no_such_module'")
+    assert not (tmp_path / "pop3d.pid").exists()
+
+
+def test_read_report_returns_the_first_line():
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"ok\nmore")
+    assert read_report(read_end, 5.0) == "ok"
+    os.close(write_end)
+
+
+def test_read_report_of_a_pipe_closed_without_a_report_is_empty():
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"half a lin")
+    os.close(write_end)
+    assert read_report(read_end, 5.0) == "half a lin"
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    assert read_report(read_end, 5.0) == ""
+
+
+def test_read_report_gives_up_after_the_timeout():
+    read_end, write_end = os.pipe()
+    assert read_report(read_end, 0.05) is None
+    os.close(write_end)
+
+
+def test_the_startup_report_sends_one_line_then_closes_its_pipe():
+    read_end, write_end = os.pipe()
+    report = StartupReport(write_end, " (see the log)", environ={})
+    report.stopping("worker 7 could not boot;\nstopping")
+    report.ready("2 workers, 0 sessions")  # too late: the first report counts
+    assert os.read(read_end, 100) == b"worker 7 could not boot; stopping (see the log)\n"
+    assert os.read(read_end, 100) == b""  # EOF: the pipe is closed
+    os.close(read_end)
+    report.close()
+
+
+def test_the_startup_report_says_ready():
+    read_end, write_end = os.pipe()
+    report = StartupReport(write_end, environ={})
+    report.ready("2 workers, 0 sessions")
+    report.stopping("stopping (SIGTERM)")
+    assert read_report(read_end, 5.0) == DAEMON_READY
+
+
+class Gauges:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, float]] = []
+        self.closed = False
+
+    def gauge(self, name: str, value: float) -> None:
+        self.sent.append((name, value))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_status_gauges_are_absolute_and_follow_a_reload(monkeypatch):
+    built: list[tuple[StatsdConfig, Gauges]] = []
+
+    def fake_metrics(settings: StatsdConfig) -> Gauges:
+        built.append((settings, Gauges()))
+        return built[-1][1]
+
+    monkeypatch.setattr("pop3d.cli.server.metrics_for", fake_metrics)
+    first = StatsdConfig(host="127.0.0.1")
+    gauges = StatusGauges(first)
+    gauges.report(first, 7, 2)
+    gauges.report(first, 5, 2)
+    assert built[0][1].sent == [("sessions.active", 7), ("workers", 2),
+                                ("sessions.active", 5), ("workers", 2)]
+    moved = StatsdConfig(host="127.0.0.2")
+    gauges.report(moved, 3, 4)
+    assert [settings for settings, _ in built] == [first, moved]
+    assert built[0][1].closed
+    assert built[1][1].sent == [("sessions.active", 3), ("workers", 4)]
+
+
+def test_metrics_for_disabled_statsd_sends_nothing():
+    assert isinstance(metrics_for(StatsdConfig(enabled=False)), NullMetrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 from dataclasses import replace
 
@@ -18,6 +19,7 @@ from pop3d.master.plan import (
     FAST_STOP_SECONDS,
     KILL_SLACK_SECONDS,
     MAX_EARLY_DEATHS,
+    STATUS_REPORT_SECONDS,
     TICK_SECONDS,
     Backoff,
     Death,
@@ -34,6 +36,7 @@ from pop3d.master.plan import (
     plan_workers,
     record_death,
     record_health,
+    report_due,
     respawn_delay,
     restart_only_changes,
     stale_reason,
@@ -483,6 +486,37 @@ def test_wait_seconds_is_bounded_by_the_tick(now, booting_, pending, deadlines):
     assert 0.0 <= waited <= tick + 1e-6
     if pending:
         assert waited == 0.0
+
+
+# --- reporting the counts (on_status) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("previous", "current", "last", "now", "due"),
+    [
+        pytest.param(None, (0, 2), 0.0, 0.0, True, id="first"),
+        pytest.param((0, 2), (0, 2), 10.0, 10.5, False, id="unchanged-within-the-second"),
+        pytest.param((0, 2), (0, 2), 10.0, 11.0, True, id="unchanged-after-a-second"),
+        pytest.param((3, 2), (9, 2), 10.0, 10.5, False, id="sessions-wait-for-the-second"),
+        pytest.param((3, 2), (9, 2), 10.0, 11.2, True, id="sessions-after-a-second"),
+        pytest.param((3, 2), (3, 1), 10.0, 10.1, True, id="workers-changed-at-once"),
+    ],
+)
+def test_report_due(previous, current, last, now, due):
+    assert STATUS_REPORT_SECONDS == 1.0
+    assert report_due(previous, current, last, now) is due
+
+
+@given(turns=st.lists(st.tuples(st.floats(0.0, 0.5), st.integers(0, 5)), max_size=50))
+def test_reports_of_unchanged_workers_come_at_most_once_a_second(turns):
+    now, last, previous, reports = 0.0, float("-inf"), None, []
+    for step, sessions in turns:
+        now += step
+        current = (sessions, 2)
+        if report_due(previous, current, last, now):
+            reports.append(now)
+            previous, last = current, now
+    assert all(b - a >= STATUS_REPORT_SECONDS for a, b in itertools.pairwise(reports))
 
 
 # --- how a death is logged -----------------------------------------------------------------
