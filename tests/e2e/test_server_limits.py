@@ -219,3 +219,15 @@ def test_a_silent_tls_handshake_times_out(idle_master, how):
         assert client.closed_by_server()
         waited = time.monotonic() - started
     assert HANDSHAKE_TIMEOUT <= waited < HANDSHAKE_TIMEOUT + 2.5
+
+
+def test_a_full_worker_stops_accepting_and_resumes_below_its_limit(start_server):
+    master = start_server({"server": {"workers": 1, "worker_connections": 2}})
+    first, second = Client.greeted(master.port), Client.greeted(master.port)
+    with first, second:
+        waiting = Client.connect(master.port)  # queued by the kernel, not accepted
+        with waiting:
+            assert waiting.nothing_arrives(1.0), "a third connection was served"
+            second.command("QUIT")
+            waiting.sock.settimeout(3)
+            assert waiting.line().endswith(b"POP3 server ready\r\n")
