@@ -19,7 +19,7 @@ from pop3d.adapters.memcache import SharedState, build_shared_state
 from pop3d.adapters.registry import MemcacheRegistry
 from pop3d.adapters.statsd import NullMetrics, StatsdMetrics
 from pop3d.auth import KeyAuthenticator
-from pop3d.config import Config, read_secret
+from pop3d.config import Config, StatsdConfig, read_secret
 from pop3d.store import Database, DbSettings, PgCredentialStore, PgMaildrop
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ def build_services(config: Config) -> WorkerServices:
                                      cache_secret=read_secret(config), cache_ttl=auth.cache_ttl,
                                      rate_limiter=shared.rate_limiter)
     return WorkerServices(maildrop=PgMaildrop(database), authenticator=authenticator,
-                          credentials=credentials, shared=shared, metrics=_metrics(config),
-                          database=database)
+                          credentials=credentials, shared=shared,
+                          metrics=metrics_for(config.statsd), database=database)
 
 
 def release_worker_slots(config: Config, pid: int) -> None:
@@ -111,7 +111,8 @@ def _shared_state(config: Config) -> SharedState:
                               max_failures=auth.max_failures, lockout=auth.lockout)
 
 
-def _metrics(config: Config) -> StatsdMetrics | NullMetrics:
-    if not config.statsd.enabled:
+def metrics_for(settings: StatsdConfig) -> StatsdMetrics | NullMetrics:
+    """The statsd client ``[statsd]`` asks for, or one that sends nothing."""
+    if not settings.enabled:
         return NullMetrics()
-    return StatsdMetrics(config.statsd.host, config.statsd.port, config.statsd.prefix)
+    return StatsdMetrics(settings.host, settings.port, settings.prefix)

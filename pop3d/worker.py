@@ -12,10 +12,10 @@ selector, database connections, the TLS context, the authentication thread pool)
   not a sleep);
 - once a second: idle/login/handshake/PROXY timeouts, the heartbeat, the process title.
 
-Signals only write their number to a wakeup socket (``signal.set_wakeup_fd``); the loop reads
-them: TERM drains (stop accepting, let sessions finish within ``graceful_timeout``), INT and QUIT
-close every session at once, USR1 reopens the log file.  A failing session is closed and logged;
-the loop and the other sessions carry on.
+Signals only write their number to a wakeup socket (``signal.set_wakeup_fd``, see
+:mod:`pop3d.wakeup`); the loop reads them: TERM drains (stop accepting, let sessions finish
+within ``graceful_timeout``), INT and QUIT close every session at once, USR1 reopens the log
+file.  A failing session is closed and logged; the loop and the other sessions carry on.
 """
 
 from __future__ import annotations
@@ -45,13 +45,12 @@ from pop3d.heartbeat import Heartbeat
 from pop3d.services import WorkerServices, build_services, session_prefix
 from pop3d.session import Authenticate, LoginGrant, Peer, Services, Session, SessionSettings
 from pop3d.sockets import Listener
+from pop3d.wakeup import FAST_SIGNALS, Wakeup
 
 log = logging.getLogger(__name__)
 
 ACCEPT_BATCH = 64  # connections accepted per wakeup, so one busy listener cannot starve the loop
 TICK = 1.0  # seconds between timeout scans and heartbeats
-FAST_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
-JOB_DONE = b"\0"  # written to the wakeup socket by the auth thread pool; signals write 1..64
 
 LoginJob = tuple[Channel, "Future[LoginGrant]"]
 
@@ -96,11 +95,9 @@ class Worker(ChannelHost):
     def _boot(self) -> None:
         setproctitle(f"pop3d: worker {self.age} [booting]")
         self.selector = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        for sock in (self._wake_r, self._wake_w):
-            sock.setblocking(False)
-        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_wakeup)
-        self._install_signals()
+        self._wakeup = Wakeup()
+        self.selector.register(self._wakeup.reader, selectors.EVENT_READ, self._on_wakeup)
+        self._wakeup.install_signals()
         self.tls_context = build_tls_context(self.config)
         self.services: WorkerServices = build_services(self.config)
         self.pool = ThreadPoolExecutor(self.config.auth.threads, thread_name_prefix="auth")
@@ -108,15 +105,6 @@ class Worker(ChannelHost):
         self._set_accepting(True)
         self.heartbeat.beat(0)
         log.info("worker %d serving (pid %d)", self.age, os.getpid())
-
-    def _install_signals(self) -> None:
-        # Handlers must be Python callables for set_wakeup_fd to fire; the loop does the work.
-        for sig in (signal.SIGTERM, *FAST_SIGNALS, signal.SIGUSR1):
-            signal.signal(sig, _record_signal)
-        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-            signal.signal(sig, signal.SIG_IGN)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
 
     def _shutdown(self) -> None:
         for channel in list(self.channels):
@@ -299,8 +287,7 @@ class Worker(ChannelHost):
     def _job_done(self, channel: Channel, future: Future[LoginGrant]) -> None:
         # Runs on a pool thread: hand over to the loop and wake it.
         self._done_jobs.append((channel, future))
-        with contextlib.suppress(OSError):  # a full wakeup socket means the loop is awake
-            self._wake_w.send(JOB_DONE)
+        self._wakeup.job_done()
 
     def count(self, metric: str) -> None:
         self.services.metrics.incr(metric)
@@ -355,13 +342,8 @@ class Worker(ChannelHost):
     # --- signals ----------------------------------------------------------------------------
 
     def _on_wakeup(self, _mask: int) -> None:
-        try:
-            data = self._wake_r.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        for signum in dict.fromkeys(data):  # each signal once, in arrival order
-            if signum != JOB_DONE[0]:
-                self._handle_signal(signum)
+        for signum in self._wakeup.signals():
+            self._handle_signal(signum)
 
     def _handle_signal(self, signum: int) -> None:
         now = time.monotonic()
@@ -389,10 +371,6 @@ class Worker(ChannelHost):
             log.info("worker %d: graceful timeout, closing %d sessions", self.age,
                      len(self.channels))
             self._stopped = True
-
-
-def _record_signal(signum: int, frame: object) -> None:
-    """Installed so set_wakeup_fd delivers the signal number to the loop."""
 
 
 def _outcome(future: Future[LoginGrant]) -> LoginGrant | Exception:

@@ -1,4 +1,5 @@
-"""The ``pop3d`` command group, the ``-c/--config`` option and ``check-config``."""
+"""The ``pop3d`` command group, the ``-c/--config`` option, ``check-config``, and what the
+commands share (loading the configuration, failing with one line, the wait limits)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from pop3d import __version__, config
 from pop3d.errors import EX_CONFIG, ConfigError, ConfigProblem
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_TIMEOUT = 1  # the server did not get there in time (`stop`, `reload`, `start --daemon`)
+WAIT_MARGIN_SECONDS = 10.0  # beyond the server's own timeouts, for `stop`, `reload`, `--daemon`
 
 
 @click.group()

@@ -27,7 +27,7 @@ from pop3d.master.exits import EXIT_CRASH_LOOP, describe_exit, is_boot_error
 from pop3d.master.generations import Generations
 from pop3d.master.signals import SignalQueue
 from pop3d.master.startup import acquire
-from pop3d.master.status import StatusFile, state_name, summary, worker_entries
+from pop3d.master.status import CountsReport, StatusFile, state_name, summary, worker_entries
 from pop3d.master.workers import Runnable, WorkerFactory, WorkerProcess, run_worker
 from pop3d.pidfile import Pidfile, status_path
 from pop3d.sdnotify import Notifier
@@ -58,10 +58,7 @@ class Master:
         self._factory = factory
         self._notifier = notifier or Notifier()
         self._on_worker_exit = on_worker_exit
-        self._on_status = on_status
-        self._reported: tuple[int, int] | None = None  # what on_status was last told
-        self._reported_at = 0.0
-        self._status_failing = False
+        self._counts = CountsReport(on_status)
         self._pidfile = Pidfile(config.server.pidfile)
         self._status = StatusFile(status_path(config.server.pidfile), self._notifier)
         self._generations = Generations(config)
@@ -113,7 +110,7 @@ class Master:
                 os.waitpid(worker.pid, 0)
             self._after_exit(worker)
         self._workers.clear()
-        self._report_status(0, 0, force=True)
+        self._counts.report(0, 0, force=True)
         close_all(self._generations.held())
         self._notifier.close()
         self._signals.uninstall()
@@ -137,7 +134,7 @@ class Master:
         self._kill_overdue()
         snapshot = self.snapshot()
         self._status.publish(snapshot)
-        self._report_status(snapshot["sessions"], len(snapshot["workers"]))
+        self._counts.report(snapshot["sessions"], len(snapshot["workers"]))
         return self._stop is None or bool(self._workers)
 
     def _wait(self) -> None:
@@ -287,23 +284,6 @@ class Master:
         elif self._backoff.not_before > now:
             log.warning("%d early worker deaths in a row; next spawn in %.1f s",
                         self._backoff.failures, self._backoff.not_before - now)
-
-    def _report_status(self, sessions: int, workers: int, force: bool = False) -> None:
-        if self._on_status is None:
-            return
-        now = time.monotonic()
-        current = (sessions, workers)
-        if not force and not plan.report_due(self._reported, current, self._reported_at, now):
-            return
-        self._reported, self._reported_at = current, now
-        try:
-            self._on_status(sessions, workers)
-        except Exception:
-            if not self._status_failing:
-                log.exception("reporting %d sessions and %d workers failed", sessions, workers)
-            self._status_failing = True
-        else:
-            self._status_failing = False
 
     def _cannot_boot(self, reason: str) -> None:
         if self._generations.reload is not None:

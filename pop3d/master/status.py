@@ -1,4 +1,5 @@
-"""What the master tells the world: the status file next to the pidfile, and sd_notify STATUS=.
+"""What the master tells the world: the status file next to the pidfile, sd_notify STATUS=,
+and the session and worker counts for the caller's ``on_status``.
 
 ``pop3d status`` and ``pop3d reload`` read the status file (:mod:`pop3d.pidfile`); it is
 rewritten when something but the session counts changed, and at a bounded rate otherwise.
@@ -8,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from pop3d.master import plan
 from pop3d.master.workers import WorkerProcess
 from pop3d.pidfile import remove_status, status_due, write_status
 from pop3d.sdnotify import Notifier
@@ -65,3 +67,32 @@ class StatusFile:
 
     def remove(self) -> None:
         remove_status(self.path)
+
+
+class CountsReport:
+    """Tells ``on_status(sessions, workers)`` (see :class:`~pop3d.master.Master`) the counts when
+    :func:`~pop3d.master.plan.report_due` says so, or when forced; its exceptions are logged
+    once, until a call succeeds again."""
+
+    def __init__(self, on_status: Callable[[int, int], None] | None) -> None:
+        self._on_status = on_status
+        self._reported: tuple[int, int] | None = None  # what on_status was last told
+        self._reported_at = 0.0
+        self._failing = False
+
+    def report(self, sessions: int, workers: int, force: bool = False) -> None:
+        if self._on_status is None:
+            return
+        now = time.monotonic()
+        current = (sessions, workers)
+        if not force and not plan.report_due(self._reported, current, self._reported_at, now):
+            return
+        self._reported, self._reported_at = current, now
+        try:
+            self._on_status(sessions, workers)
+        except Exception:
+            if not self._failing:
+                log.exception("reporting %d sessions and %d workers failed", sessions, workers)
+            self._failing = True
+        else:
+            self._failing = False

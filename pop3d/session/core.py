@@ -7,7 +7,8 @@ what each command means: login (USER/PASS and SASL share one path to the authent
 per-user registry slot, the maildrop snapshot and its DELE marks, UPDATE on QUIT, and the log
 lines and metrics of the session.  Store, registry and authenticator errors become replies
 through their ``.reply``; any other exception in a command is logged and answered with
-``-ERR Internal server error``.
+``-ERR Internal server error``.  The login commands, their refusals and budgets are in
+:mod:`pop3d.session.login`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, ClassVar
 
-from pop3d.errors import InUse, Pop3dError
+from pop3d.errors import Pop3dError
 from pop3d.ports import Credentials, MessageInfo, Principal
-from pop3d.protocol import Connection, LocalProtocolError, Pending, SaslExchange, SaslLogin, State
+from pop3d.protocol import Connection, LocalProtocolError, Pending, SaslExchange, State
 from pop3d.protocol import events as ev
-from pop3d.protocol.states import LEGAL, SASL_MECHANISMS, capabilities
+from pop3d.protocol.states import LEGAL, capabilities
+from pop3d.session.login import HandlerResult, LoginCommands, loggable_user
 from pop3d.session.mailbox import Mailbox
 from pop3d.session.values import (
     Authenticate,
@@ -39,13 +41,9 @@ from pop3d.session.values import (
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "Internal server error"
-AUTHZID_REFUSED = "[AUTH] Authorization identity must match the login"
-MAX_FAILED_LOGINS = 3  # per connection, then close (the rate limiter counts per address)
-TLS_REQUIRED = "[AUTH] Plaintext login refused: TLS required"  # RFC 2595 §2.1, RFC 3206 [AUTH]
 _NOOP = ev.Ok()
 
-_Result = ev.Reply | Authenticate | Send
-_Handler = Callable[["Session", Any], _Result]
+_Handler = Callable[["Session", Any], HandlerResult]
 
 
 # statsd names: ``commands.<verb>`` counts every command, with verbs from the command table
@@ -55,7 +53,7 @@ _Handler = Callable[["Session", Any], _Result]
 _TIMED = frozenset({ev.Retr, ev.Top, ev.Quit})
 
 
-class Session:
+class Session(LoginCommands):
     """One client's POP3 session, driven by the worker through bytes and effects."""
 
     # event type -> (handler, counter, timer); SASL lines and errors have no fixed names
@@ -131,7 +129,7 @@ class Session:
             return self._send(self._conn.send(reply))
         log.info(
             "login failed user=%s method=%s ip=%s session=%s: %s",
-            _loggable_user(attempt.username), attempt.mechanism, attempt.client_ip, self._id,
+            loggable_user(attempt.username), attempt.mechanism, attempt.client_ip, self._id,
             result.reply if isinstance(result, Pop3dError) else type(result).__name__,
         )  # fmt: skip
         return self._refuse(ev.Err(self._reply_for(result, "authentication")))
@@ -148,7 +146,7 @@ class Session:
 
     # -- dispatch -------------------------------------------------------------------------------
 
-    def _dispatch(self, event: ev.Event) -> _Result:
+    def _dispatch(self, event: ev.Event) -> HandlerResult:
         handler, counter, timer = self._ROUTES[type(event)]
         started = self._clock() if timer is not None else 0.0
         strikes = self._bad_commands
@@ -173,7 +171,7 @@ class Session:
         log.exception("session %s: %s in %s", self._id, type(error).__name__, context)
         return INTERNAL_ERROR
 
-    def _effect(self, result: _Result) -> Effect:
+    def _effect(self, result: HandlerResult) -> Effect:
         if isinstance(result, Authenticate | Send):
             return result
         if isinstance(result, ev.Body):
@@ -217,7 +215,7 @@ class Session:
         except Exception as error:
             log.warning("session %s: registry release failed: %s", self._id, error)
 
-    # -- AUTHORIZATION ----------------------------------------------------------------------------
+    # -- AUTHORIZATION (the login commands: pop3d.session.login) -----------------------------------
 
     def _capa(self, event: ev.Capa) -> ev.Reply:
         lines = capabilities(
@@ -228,86 +226,6 @@ class Session:
             implementation=self._settings.implementation,
         )
         return ev.MultiLine("Capability list follows", lines)
-
-    def _plaintext_ok(self) -> bool:
-        return self._tls or self._peer.plaintext_ok
-
-    def _require_plaintext_ok(self) -> None:
-        if not self._plaintext_ok():
-            raise Pop3dError(reply=TLS_REQUIRED)
-
-    def _user(self, event: ev.User) -> ev.Reply:
-        self._require_plaintext_ok()
-        self._username = event.name
-        return ev.Ok("Send PASS")
-
-    def _pass(self, event: ev.Pass) -> _Result:
-        self._require_plaintext_ok()
-        username, self._username = self._username, None
-        if username is None:
-            return self._strike("Send USER first")
-        return self._authenticate(username, event.password, "USER")
-
-    def _auth(self, event: ev.Auth) -> _Result:
-        if event.mechanism is None:  # RFC 1734 style probe, still sent by old Outlook
-            offered = SASL_MECHANISMS if self._plaintext_ok() else ()
-            return ev.MultiLine("Supported mechanisms follow", offered)
-        if event.mechanism not in SASL_MECHANISMS:
-            return ev.Err("Unsupported authentication mechanism")
-        self._require_plaintext_ok()
-        self._sasl = SaslExchange(event.mechanism)
-        return self._sasl_result(self._sasl.start(event.initial_response))
-
-    def _sasl_response(self, event: ev.SaslResponse) -> _Result:
-        if self._sasl is None:
-            raise LocalProtocolError("a SASL response outside an AUTH exchange")
-        return self._sasl_result(self._sasl.step(event.data))
-
-    def _sasl_cancel(self, event: ev.SaslCancel) -> ev.Reply:
-        return ev.Err("Authentication cancelled")
-
-    def _sasl_result(self, result: ev.Continue | ev.Err | SaslLogin) -> _Result:
-        if not isinstance(result, SaslLogin):
-            return result
-        # RFC 4616 §2: acting as another identity is a policy decision; ours is "never".
-        if result.authzid and result.authzid.lower() != result.username.lower():
-            self._metrics.incr("auth.attempts")
-            return self._refuse(ev.Err(AUTHZID_REFUSED))
-        return self._authenticate(result.username, result.password, result.mechanism)
-
-    def _authenticate(self, username: str, password: str, mechanism: str) -> Authenticate:
-        self._attempt = Credentials(username, password, self._peer.client_ip, mechanism)
-        self._attempt_started = self._clock()
-        self._metrics.incr("auth.attempts")
-        return Authenticate(self._attempt, self._settings.max_messages)
-
-    def _refuse(self, reply: ev.Err) -> Send:
-        """A failed login: answered once ``failure_delay`` has passed since the attempt began
-        (a floor, so slow and fast failures look alike), and the connection closed after
-        MAX_FAILED_LOGINS of them."""
-        self._metrics.incr("auth.failures")
-        self._failed_logins += 1
-        if self._failed_logins >= MAX_FAILED_LOGINS:
-            self._end_reason = "too many failed logins"
-        elapsed = self._clock() - self._attempt_started if self._attempt_started else 0.0
-        self._attempt_started = 0.0
-        delay = max(0.0, self._settings.failure_delay - elapsed)
-        return self._send(self._conn.send(reply), delay)
-
-    def _log_in(self, grant: LoginGrant, mechanism: str) -> ev.Reply:
-        principal = grant.principal
-        limit = self._settings.max_connections_per_user
-        if not self._registry.acquire(principal.user_id, self._id, limit):
-            self._metrics.incr("in_use")
-            return ev.Err(InUse.reply)
-        self._principal, self._box = principal, Mailbox(principal.user_id, grant.messages)
-        log.info(
-            "login user=%s method=%s ip=%s tls=%s session=%s",
-            principal.address, mechanism, self._peer.client_ip,
-            "yes" if self._tls else "no", self._id,
-        )  # fmt: skip
-        count, size = self._box.totals()
-        return ev.Ok(f"Logged in, {count} messages ({size} octets)")
 
     def _stls(self, event: ev.Stls) -> ev.Reply:
         if self._tls:
@@ -321,15 +239,6 @@ class Session:
 
     def _bad_command(self, event: ev.BadCommand) -> ev.Reply:
         return self._strike(event.reason)
-
-    def _strike(self, reason: str) -> ev.Err:
-        if self._box is not None:
-            return ev.Err(reason)  # after login the budget no longer applies
-        self._bad_commands += 1
-        if self._bad_commands < self._settings.max_bad_commands:
-            return ev.Err(reason)
-        self._end_reason = "too many bad commands"
-        return ev.Err(f"{reason}; too many bad commands, closing connection")
 
     def _line_too_long(self, event: ev.LineTooLong) -> ev.Reply:
         self._end_reason = "line too long"
@@ -477,11 +386,3 @@ Session._ROUTES = {
     )
     for event, handler in _HANDLERS.items()
 }
-
-
-def _loggable_user(username: str) -> str:
-    """A login name fit for the log: an address as given, anything else (a key pasted into the
-    wrong field, say) hidden."""
-    if "@" in username and len(username) <= 254 and username.isprintable() and " " not in username:
-        return repr(username)
-    return "(not an address)"

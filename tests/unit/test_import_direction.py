@@ -29,6 +29,7 @@ LAYER_OF: dict[str, str] = {
     "pop3d.worker": "worker",
     "pop3d.channel": "worker",  # one connection of the worker's loop
     "pop3d.services": "worker",  # builds the worker's adapters and store after fork
+    "pop3d.wakeup": "worker",  # signals and finished logins wake the worker's loop
     "pop3d.master": "master",
     "pop3d.master.plan": "plan",  # the master's decisions: pure, so no IO (FORBIDDEN_STDLIB)
     "pop3d.sockets": "sockets",
@@ -63,7 +64,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     ),
     "master": MASTER_MAY_IMPORT,
     "plan": MASTER_MAY_IMPORT,
-    "config": frozenset({"root", "errors"}),
+    "config": frozenset({"root", "config", "errors"}),
     "log": frozenset({"root", "errors"}),
     "cli": frozenset(
         {"root", "cli", "config", "master", "worker", "store", "auth", "log", "errors", "adapters"}

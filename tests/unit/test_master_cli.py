@@ -9,14 +9,11 @@ import sys
 import pytest
 
 from pop3d.adapters.statsd import NullMetrics
+from pop3d.cli.control import control_settings, find_master, format_duration, format_status
 from pop3d.cli.server import (
     DAEMON_READY,
     StartupReport,
     StatusGauges,
-    control_settings,
-    find_master,
-    format_duration,
-    format_status,
     load_factory,
     metrics_for,
     read_report,
