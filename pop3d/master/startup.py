@@ -10,10 +10,8 @@ becomes one :class:`StartError` line for the operator.
 
 from __future__ import annotations
 
-import grp
 import logging
 import os
-import pwd
 from collections.abc import Sequence
 
 from pop3d import log as log_module
@@ -88,23 +86,17 @@ def make_pidfile_directory(pidfile: str, owner: access.Account | None = None) ->
 def drop_privileges(user: str, group: str, chown: Sequence[str] = ()) -> None:
     """Become ``user``:``group`` (group default: the user's), after chowning ``chown`` and the
     log file root opened (:func:`pop3d.log.hand_over`)."""
-    if not user:
-        return
     try:
-        account = pwd.getpwnam(user)
-        gid = grp.getgrnam(group).gr_gid if group else account.pw_gid
-    except KeyError:
-        raise StartError(f"cannot drop privileges: no such user {user!r} or group {group!r}") \
-            from None
-    if os.geteuid() == account.pw_uid and os.getegid() == gid:
+        account = access.service_account(user, group)
+    except access.AccessError as exc:
+        raise StartError(str(exc)) from None
+    if account is None:
         return
-    if os.geteuid() != 0:
-        raise StartError(f"cannot switch to user {user!r}: the master is not running as root")
     for path in chown:
-        os.chown(path, account.pw_uid, gid)
-    for path in log_module.hand_over(account.pw_uid, gid):
+        os.chown(path, account.uid, account.gid)
+    for path in log_module.hand_over(account.uid, account.gid):
         log.info("log file %s now belongs to %s, so it can be reopened", path, user)
-    os.initgroups(user, gid)
-    os.setgid(gid)
-    os.setuid(account.pw_uid)
-    log.info("dropped privileges to %s:%s", user, group or account.pw_gid)
+    os.initgroups(account.name, account.gid)
+    os.setgid(account.gid)
+    os.setuid(account.uid)
+    log.info("dropped privileges to %s:%s", account.name, account.group)

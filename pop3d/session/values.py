@@ -81,6 +81,8 @@ class Authenticate:
 
 
 Effect = Send | StartTls | Authenticate
+
+
 @dataclass(slots=True)
 class SessionCounters:
     """What a session did, for its logout line."""
