@@ -275,6 +275,17 @@ def statsd_listener() -> Iterator[socket.socket]:
     sock.close()
 
 
+def statsd_lines(sock: socket.socket) -> list[str]:
+    """Every statsd line that arrives at ``sock`` until it stays quiet for its timeout."""
+    lines: list[str] = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return lines
+        lines.extend(data.decode().splitlines())
+
+
 # Fixtures for tests of the whole server (real worker, PostgreSQL, TLS).  Imported last: they
 # build on the helpers above.
 from .server_fixtures import (  # noqa: E402, F401

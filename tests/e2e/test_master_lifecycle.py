@@ -16,7 +16,7 @@ import pytest
 from pop3d.errors import EXIT_WORKER_BOOT_ERROR
 from pop3d.master import EXIT_CRASH_LOOP, EXIT_STARTUP_FAILED, MAX_EARLY_DEATHS
 
-from .conftest import ECHO_WORKER, MasterHandle, free_port, wait_until
+from .conftest import ECHO_WORKER, MasterHandle, free_port, statsd_lines, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -232,16 +232,6 @@ def test_privileges_are_dropped_after_binding(start_master, world_readable_dir):
     master.send_signal(signal.SIGTERM)
     assert master.wait_exit() == 0
     assert not master.pidfile.exists()
-
-
-def statsd_lines(sock: socket.socket) -> list[str]:
-    lines: list[str] = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            return lines
-        lines.extend(data.decode().splitlines())
 
 
 def wait_for_gauge(sock: socket.socket, line: str, what: str) -> None:

@@ -8,11 +8,10 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from .conftest import MasterHandle, wait_until
+from .conftest import MasterHandle, statsd_lines, wait_until
 from .server_fixtures import Client, MailStore, message, plain_token, tls_port
 
 pytestmark = pytest.mark.e2e
@@ -101,25 +100,6 @@ def test_headers_from_untrusted_addresses_are_refused(proxied):
 # --- statsd ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def statsd_listener() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.2)
-    yield sock
-    sock.close()
-
-
-def received(sock: socket.socket) -> list[str]:
-    lines: list[str] = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            return lines
-        lines.extend(data.decode().splitlines())
-
-
 def test_sessions_report_their_counters_to_statsd(start_server, mail_store: MailStore,
                                                    statsd_listener, tls_client_context):
     port = statsd_listener.getsockname()[1]
@@ -145,7 +125,7 @@ def test_sessions_report_their_counters_to_statsd(start_server, mail_store: Mail
     lines: list[str] = []
 
     def all_arrived() -> bool:
-        lines.extend(received(statsd_listener))
+        lines.extend(statsd_lines(statsd_listener))
         return "mail.pop3.tls.handshakes:1|c" in lines and "mail.pop3.auth.failures:1|c" in lines
 
     wait_until(all_arrived, 5, "the statsd datagrams")

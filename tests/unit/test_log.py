@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,7 @@ from pop3d.log import MaskingFilter, ReopenableFileHandler, hand_over, mask, reo
 pop3d_log = logging.getLogger("pop3d.test")
 
 
-@pytest.fixture(autouse=True)
-def restore_pop3d_logging() -> Iterator[None]:
-    logger = logging.getLogger(log_module.ROOT_LOGGER)
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    logger.handlers = []
-    yield
-    for handler in logger.handlers:
-        handler.close()
-    logger.handlers, logger.level, logger.propagate = saved[0], saved[1], saved[2]
+pytestmark = pytest.mark.usefixtures("isolated_pop3d_logging")
 
 
 def handlers() -> list[logging.Handler]:

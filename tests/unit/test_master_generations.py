@@ -19,15 +19,7 @@ from .test_master_sockets import free_port
 master_log = logging.getLogger("pop3d.master")
 
 
-@pytest.fixture(autouse=True)
-def restore_pop3d_logging() -> Iterator[None]:
-    logger = logging.getLogger(log_module.ROOT_LOGGER)
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    logger.handlers = []
-    yield
-    for handler in logger.handlers:
-        handler.close()
-    logger.handlers, logger.level, logger.propagate = saved[0], saved[1], saved[2]
+pytestmark = pytest.mark.usefixtures("isolated_pop3d_logging")
 
 
 class Served:
