@@ -51,9 +51,7 @@ class LoginCommands:
     _principal: Principal | None
     _box: Mailbox | None
     _end_reason: str | None
-
-    def _send(self, data: bytes | Iterator[bytes], delay: float = 0.0) -> Send:
-        raise NotImplementedError  # the Session's: the one way a reply leaves
+    _send: Callable[[bytes | Iterator[bytes], float], Send]  # the Session's: how replies leave
 
     def _plaintext_ok(self) -> bool:
         return self._tls or self._peer.plaintext_ok
