@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "Internal server error"
 _NOOP = ev.Ok()
+_PASSED_THROUGH = (Authenticate, Send)  # a tuple: isinstance on one is twice a union's speed
 
 _Handler = Callable[["Session", Any], HandlerResult]
 
@@ -172,7 +173,7 @@ class Session(LoginCommands):
         return INTERNAL_ERROR
 
     def _effect(self, result: HandlerResult) -> Effect:
-        if isinstance(result, Authenticate | Send):
+        if isinstance(result, _PASSED_THROUGH):  # an effect already (a login, a refusal)
             return result
         if isinstance(result, ev.Body):
             return self._send(self._conn.send_stream(result))
