@@ -25,6 +25,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from pop3d.adapters.statsd import NullMetrics
 from pop3d.ports import MessageInfo, Principal
 from pop3d.protocol.writer import dot_stuff
 from pop3d.session import (
@@ -40,17 +41,6 @@ from pop3d.session import (
 CHUNK = 64 * 1024
 READ_SIZE = 64 * 1024  # one recv of the worker (pop3d/channel.py)
 USER = "u-bench"
-
-
-class NullMetrics:
-    def incr(self, name: str, count: int = 1) -> None:
-        pass
-
-    def gauge(self, name: str, value: float) -> None:
-        pass
-
-    def timing(self, name: str, milliseconds: float) -> None:
-        pass
 
 
 class MemoryRegistry:

@@ -17,6 +17,8 @@ from pop3d.auth import KeyAuthenticator, cache_key, generate_key
 from pop3d.errors import AuthFailed, BackendUnavailable, StoreUnavailable
 from pop3d.ports import Credentials, KeyRecord, Principal, UserRecord
 
+from .fakes import FakeClock
+
 COST = 4
 KEY = generate_key(COST)
 SMTP_ONLY = generate_key(COST)
@@ -64,26 +66,18 @@ def _login(username: str, password: str, ip: str = "192.0.2.1") -> Credentials:
     return Credentials(username=username, password=password, client_ip=ip, mechanism="USER")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def store() -> FakeStore:
     return _store()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def authenticator(store: FakeStore, clock: Clock) -> KeyAuthenticator:
+def authenticator(store: FakeStore, clock: FakeClock) -> KeyAuthenticator:
     return KeyAuthenticator(store, bcrypt_cost=COST, clock=clock)
 
 
@@ -272,7 +266,7 @@ def test_rate_limiter_blocks_and_counts_failures(store: FakeStore,
 
 
 def test_touches_are_coalesced_into_one_write_per_interval(
-        store: FakeStore, clock: Clock) -> None:
+        store: FakeStore, clock: FakeClock) -> None:
     authenticator = KeyAuthenticator(store, bcrypt_cost=COST, clock=clock, touch_interval=5)
     for _ in range(3):
         authenticator.authenticate(_login("ann@example.com", KEY.key))
@@ -287,7 +281,7 @@ def test_touches_are_coalesced_into_one_write_per_interval(
     assert store.touched == [["k-ann"], ["k-ann"]]
 
 
-def test_touches_survive_a_store_outage(store: FakeStore, clock: Clock) -> None:
+def test_touches_survive_a_store_outage(store: FakeStore, clock: FakeClock) -> None:
     authenticator = KeyAuthenticator(store, bcrypt_cost=COST, clock=clock, touch_interval=1)
     authenticator.authenticate(_login("ann@example.com", KEY.key))
     store.down = True
@@ -299,7 +293,7 @@ def test_touches_survive_a_store_outage(store: FakeStore, clock: Clock) -> None:
     assert store.touched == [["k-ann"]]
 
 
-def test_concurrent_logins_from_a_thread_pool(store: FakeStore, clock: Clock) -> None:
+def test_concurrent_logins_from_a_thread_pool(store: FakeStore, clock: FakeClock) -> None:
     other = generate_key(COST)
     store.keys["u-ann"].append(
         (other.prefix, KeyRecord("k-other", other.bcrypt_hash, frozenset({"pop3"}))))
