@@ -14,7 +14,6 @@ from dataclasses import dataclass
 # cannot boot exits with a code the master recognises and stops instead of fork-looping).
 EXIT_OK = 0
 EXIT_WORKER_BOOT_ERROR = 3
-EXIT_CONFIG_ERROR = 78  # sysexits EX_CONFIG
 
 # sysexits(3) codes used by `pop3d deliver`, so an MTA can call it as a delivery command.
 EX_USAGE = 64

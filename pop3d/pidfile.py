@@ -59,12 +59,6 @@ def process_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
-def running_pid(path: str) -> int | None:
-    """The pid of the live process that ``path`` names, if any."""
-    pid = read_pid(path)
-    return pid if pid is not None and process_alive(pid) else None
-
-
 def status_path(pidfile: str) -> str:
     """Where the master publishes its status: next to the pidfile."""
     return pidfile + ".status"

@@ -15,7 +15,6 @@ from pop3d.pidfile import (
     process_alive,
     read_pid,
     read_status,
-    running_pid,
     status_due,
     status_path,
     write_status,
@@ -92,14 +91,6 @@ def test_a_zombie_is_not_alive():
     finally:
         process.wait()
 
-
-def test_running_pid(tmp_path, dead_pid):
-    path = tmp_path / "pop3d.pid"
-    assert running_pid(str(path)) is None
-    path.write_text(f"{dead_pid}\n")
-    assert running_pid(str(path)) is None
-    path.write_text(f"{os.getpid()}\n")
-    assert running_pid(str(path)) == os.getpid()
 
 
 def test_status_round_trip_and_garbage(tmp_path):
