@@ -22,6 +22,7 @@ bits of secret).  57 octets in all, under bcrypt's 72-octet limit, and hashed wh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -30,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import bcrypt
 
@@ -37,6 +39,7 @@ from pop3d.errors import AuthFailed, BackendUnavailable, Pop3dError
 from pop3d.ports import AuthCache, Credentials, CredentialStore, KeyRecord, Principal, RateLimiter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BCRYPT_MAX_OCTETS = 72  # bcrypt reads at most 72 octets; bcrypt 5 raises ValueError beyond
 KEY_PREFIX = "pk_"
@@ -189,40 +192,37 @@ class KeyAuthenticator:
     def _cached(self, key: str | None) -> Principal | bool | None:
         if self._cache is None or key is None:
             return None
-        try:
-            return self._cache.get(key)
-        except BackendUnavailable as exc:
-            log.warning("auth cache unavailable: %s", exc)
-            return None
+        return _tolerate_outage("auth cache", functools.partial(self._cache.get, key), None)
 
     def _remember(self, key: str | None, result: Principal | bool) -> None:
-        if self._cache is None or key is None:
-            return
-        try:
-            self._cache.put(key, result, self._cache_ttl)
-        except BackendUnavailable as exc:
-            log.warning("auth cache unavailable: %s", exc)
+        if self._cache is not None and key is not None:
+            _tolerate_outage("auth cache", functools.partial(
+                self._cache.put, key, result, self._cache_ttl), None)
 
     def _blocked(self, client_ip: str) -> bool:
         if self._limiter is None:
             return False
-        try:
-            return self._limiter.is_blocked(client_ip)
-        except BackendUnavailable as exc:
-            log.warning("rate limiter unavailable: %s", exc)
-            return False
+        return _tolerate_outage("rate limiter",
+                                functools.partial(self._limiter.is_blocked, client_ip), False)
 
     def _record_failure(self, client_ip: str) -> None:
-        if self._limiter is None:
-            return
-        try:
-            self._limiter.record_failure(client_ip)
-        except BackendUnavailable as exc:
-            log.warning("rate limiter unavailable: %s", exc)
+        if self._limiter is not None:
+            _tolerate_outage("rate limiter",
+                             functools.partial(self._limiter.record_failure, client_ip), None)
 
     def _queue_touch(self, key_id: str) -> None:
         with self._lock:
             self._pending_touches.add(key_id)
+
+
+def _tolerate_outage(what: str, call: Callable[[], T], fallback: T) -> T:
+    """``call()``, or ``fallback`` when memcached is down: the cache and the rate limiter fail
+    open, so an outage makes logins slower, never impossible."""
+    try:
+        return call()
+    except BackendUnavailable as exc:
+        log.warning("%s unavailable: %s", what, exc)
+        return fallback
 
 
 def _octets(password: str) -> bytes | None:

@@ -1,4 +1,5 @@
-"""The error tree shared by the store, the adapters, the session and the CLI.
+"""The error tree shared by the store, the adapters, the session and the CLI: errors that
+become a ``-ERR`` reply (or, in the admin CLI, an exit code).
 
 Every error that can reach a POP3 client carries the text of the ``-ERR`` reply it maps to
 (without the ``-ERR `` itself), so the one place that turns errors into replies needs no
@@ -7,21 +8,6 @@ these at the adapter edge; nothing above the adapters sees a third-party excepti
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
-
-# Process exit codes shared by the master and its workers (gunicorn's convention: a worker that
-# cannot boot exits with a code the master recognises and stops instead of fork-looping).
-EXIT_OK = 0
-EXIT_WORKER_BOOT_ERROR = 3
-
-# sysexits(3) codes used by `pop3d deliver`, so an MTA can call it as a delivery command.
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOUSER = 67
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
 
 
 class Pop3dError(Exception):
@@ -81,23 +67,3 @@ class NoSuchUser(Pop3dError):
 
 class BadMessage(Pop3dError):
     """Input to `deliver` that is not a storable RFC 5322 message."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    """One thing wrong with a configuration file: where and what."""
-
-    file: str
-    key: str
-    problem: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.key}: {self.problem}"
-
-
-class ConfigError(Pop3dError):
-    """A configuration file that cannot be used; carries every problem found, not just the first."""
-
-    def __init__(self, problems: list[ConfigProblem]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))

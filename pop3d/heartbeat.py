@@ -95,7 +95,3 @@ class Heartbeat:
             os.close(self._fd)
             self._fd = -1
 
-
-def is_stale(age_seconds: float, timeout: float) -> bool:
-    """Whether a worker silent for ``age_seconds`` has exceeded ``server.worker_timeout``."""
-    return age_seconds > timeout

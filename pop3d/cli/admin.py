@@ -26,13 +26,9 @@ import click
 
 from pop3d.auth import NewKey, generate_key
 from pop3d.cli.base import config_option, fail, load_config, main
+from pop3d.cli.sysexits import EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE
 from pop3d.config import Config
 from pop3d.errors import (
-    EX_DATAERR,
-    EX_NOUSER,
-    EX_SOFTWARE,
-    EX_TEMPFAIL,
-    EX_USAGE,
     BadMessage,
     NoSuchUser,
     Pop3dError,
@@ -51,7 +47,6 @@ from pop3d.store import (
     migrate,
 )
 
-EX_NOINPUT = 66  # sysexits(3): here, no API key with that id or prefix
 _SCOPE = re.compile(r"^[a-z0-9][a-z0-9:._-]{0,63}$")
 _KEY_ATTEMPTS = 3  # prefix collisions are ~1 in 10^15; three tries means a broken RNG
 

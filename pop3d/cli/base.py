@@ -10,7 +10,8 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from pop3d import __version__, config
-from pop3d.errors import EX_CONFIG, ConfigError, ConfigProblem
+from pop3d.cli.sysexits import EX_CONFIG
+from pop3d.config import ConfigError, ConfigProblem
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -20,9 +20,10 @@ import click
 
 from pop3d import config
 from pop3d.cli.base import EXIT_TIMEOUT, WAIT_MARGIN_SECONDS, config_option, fail, load_config, main
-from pop3d.errors import EXIT_OK, ConfigError
+from pop3d.config import ConfigError
+from pop3d.handoff import EXIT_OK
 from pop3d.master import FAST_STOP_SECONDS, KILL_SLACK_SECONDS
-from pop3d.pidfile import process_alive, read_pid, read_status, status_path
+from pop3d.master.pidfile import process_alive, read_pid, read_status, status_path
 
 LSB_DEAD_WITH_PIDFILE = 1  # `status`: the pidfile names a process that is gone
 LSB_NOT_RUNNING = 3  # `status`: no pidfile

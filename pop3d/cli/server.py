@@ -29,13 +29,12 @@ import click
 from pop3d import config
 from pop3d import log as log_module
 from pop3d.cli.base import EXIT_TIMEOUT, WAIT_MARGIN_SECONDS, config_option, fail, load_config, main
-from pop3d.errors import EXIT_OK
+from pop3d.handoff import EXIT_OK, Listener, Runnable, WorkerFactory
 from pop3d.heartbeat import Heartbeat
-from pop3d.master import EXIT_STARTUP_FAILED, Master, Runnable, StartError, WorkerFactory
-from pop3d.pidfile import read_pid
-from pop3d.sdnotify import Notifier
-from pop3d.services import metrics_for, release_worker_slots
-from pop3d.sockets import Listener
+from pop3d.master import EXIT_STARTUP_FAILED, Master, StartError
+from pop3d.master.pidfile import read_pid
+from pop3d.master.sdnotify import Notifier
+from pop3d.worker.backends import metrics_for, release_worker_slots
 
 log = logging.getLogger(__name__)
 

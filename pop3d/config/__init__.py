@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pop3d.config.checks import MAX_BCRYPT_COST, MAX_LINE_LENGTH, RFC1939_MIN_IDLE, check_semantics
+from pop3d.config.problems import ConfigError, ConfigProblem
 from pop3d.config.schema import (
     LOG_LEVELS,
     SECTIONS,
@@ -34,7 +35,6 @@ from pop3d.config.schema import (
     TlsConfig,
 )
 from pop3d.config.values import Collector, build_section, parse_address, read_toml
-from pop3d.errors import ConfigError, ConfigProblem
 
 DEFAULT_PATH = "/etc/pop3d.toml"
 
@@ -49,6 +49,8 @@ __all__ = [
     "Address",
     "AuthConfig",
     "Config",
+    "ConfigError",
+    "ConfigProblem",
     "DatabaseConfig",
     "LimitsConfig",
     "LoggingConfig",

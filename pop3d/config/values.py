@@ -12,8 +12,8 @@ import tomllib
 from collections.abc import Callable
 from typing import Any, get_args, get_origin, get_type_hints
 
+from pop3d.config.problems import ConfigError, ConfigProblem
 from pop3d.config.schema import SECTIONS, Address
-from pop3d.errors import ConfigError, ConfigProblem
 
 
 class Collector:

@@ -58,7 +58,7 @@ from pop3d.master.plan import (
 )
 from pop3d.master.signals import HANDLED_SIGNALS
 from pop3d.master.startup import StartError, drop_privileges
-from pop3d.master.workers import Runnable, WorkerFactory, run_worker
+from pop3d.master.workers import run_worker
 
 __all__ = [
     "BACKOFF_BASE_SECONDS",
@@ -75,9 +75,7 @@ __all__ = [
     "Backoff",
     "Master",
     "Plan",
-    "Runnable",
     "StartError",
-    "WorkerFactory",
     "WorkerView",
     "adjust_target",
     "crash_looping",

@@ -20,18 +20,24 @@ from setproctitle import setproctitle
 
 from pop3d import log as log_module
 from pop3d.config import Config
-from pop3d.errors import EX_SOFTWARE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
+from pop3d.handoff import (
+    EXIT_OK,
+    EXIT_WORKER_BOOT_ERROR,
+    EXIT_WORKER_CRASHED,
+    Runnable,
+    WorkerFactory,
+)
 from pop3d.heartbeat import Heartbeat
 from pop3d.master import plan
-from pop3d.master.exits import EXIT_CRASH_LOOP, describe_exit, is_boot_error
+from pop3d.master.exits import EXIT_CRASH_LOOP, EXIT_MASTER_FAILED, describe_exit, is_boot_error
 from pop3d.master.generations import Generations
+from pop3d.master.listeners import close_all
+from pop3d.master.pidfile import Pidfile, status_path
+from pop3d.master.sdnotify import Notifier
 from pop3d.master.signals import SignalQueue
 from pop3d.master.startup import acquire
 from pop3d.master.status import CountsReport, StatusFile, state_name, summary, worker_entries
-from pop3d.master.workers import Runnable, WorkerFactory, WorkerProcess, run_worker
-from pop3d.pidfile import Pidfile, status_path
-from pop3d.sdnotify import Notifier
-from pop3d.sockets import close_all
+from pop3d.master.workers import WorkerProcess, run_worker
 
 log = logging.getLogger("pop3d.master")  # one name for the whole master in the log
 
@@ -95,10 +101,10 @@ class Master:
         except Exception as exc:
             log.exception("the master failed; killing its workers")
             self._notifier.stopping(f"the master failed: {exc!r}")
-            self._stop = plan.Stop(graceful=False, deadline=0.0, exit_code=EX_SOFTWARE)
+            self._stop = plan.Stop(graceful=False, deadline=0.0, exit_code=EXIT_MASTER_FAILED)
         finally:
             self._shutdown()
-        code = self._stop.exit_code if self._stop else EX_SOFTWARE
+        code = self._stop.exit_code if self._stop else EXIT_MASTER_FAILED
         log.info("master %d exiting with code %d", os.getpid(), code)
         return code
 
@@ -197,7 +203,7 @@ class Master:
         return True
 
     def _become_worker(self, worker: Runnable, heartbeat: Heartbeat) -> NoReturn:
-        code = EX_SOFTWARE
+        code = EXIT_WORKER_CRASHED
         try:
             self._signals.uninstall()
             self._notifier.close()

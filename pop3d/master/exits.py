@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import signal
 
-from pop3d.errors import EX_SOFTWARE, EXIT_OK, EXIT_WORKER_BOOT_ERROR
+from pop3d.handoff import EXIT_OK, EXIT_WORKER_BOOT_ERROR, EXIT_WORKER_CRASHED
 
 EXIT_STARTUP_FAILED = 1  # pidfile, bind or privilege problem: no worker ever ran
 EXIT_CRASH_LOOP = 4  # workers kept dying right after start (gunicorn: APP_LOAD_ERROR)
+EXIT_MASTER_FAILED = 70  # an exception in the master itself (sysexits EX_SOFTWARE)
 
 _EXIT_NAMES = {EXIT_OK: "clean exit", EXIT_WORKER_BOOT_ERROR: "EXIT_WORKER_BOOT_ERROR",
-               EX_SOFTWARE: "crashed"}
+               EXIT_WORKER_CRASHED: "crashed"}
 
 
 def signal_name(signum: int) -> str:

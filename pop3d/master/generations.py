@@ -20,11 +20,11 @@ from typing import Any
 
 from pop3d import config as config_module
 from pop3d import log as log_module
-from pop3d.config import Config
-from pop3d.errors import ConfigError
+from pop3d.config import Config, ConfigError
+from pop3d.handoff import Listener
 from pop3d.master import access
+from pop3d.master.listeners import BindError, bind_all, close_all, unused
 from pop3d.master.plan import adjust_target, restart_only_changes, worker_count
-from pop3d.sockets import BindError, Listener, bind_all, close_all, unused
 
 log = logging.getLogger("pop3d.master")  # one name for the whole master in the log
 

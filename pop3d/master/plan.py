@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pop3d.config import Config
-from pop3d.heartbeat import is_stale
 
 TICK_SECONDS = 1.0  # longest wait between checks of heartbeats and deadlines
 BOOT_POLL_SECONDS = 0.1  # while a worker boots: notice its first beat (READY, reloads) quickly
@@ -183,7 +182,7 @@ def kill_deadline(retiring_since: float, stop: Stop | None, graceful_timeout: fl
 
 def stale_reason(age_seconds: float, booted: bool, timeout: float) -> str | None:
     """Why a worker silent for ``age_seconds`` must be killed, or None while it is not stale."""
-    if not is_stale(age_seconds, timeout):
+    if age_seconds <= timeout:
         return None
     what = "no heartbeat" if booted else "not booted"
     return f"{what} for {age_seconds:.1f} s (worker_timeout {timeout:g} s)"

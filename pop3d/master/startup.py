@@ -16,9 +16,10 @@ from collections.abc import Sequence
 
 from pop3d import log as log_module
 from pop3d.config import Config
+from pop3d.handoff import Listener
 from pop3d.master import access
-from pop3d.pidfile import Pidfile, PidfileError
-from pop3d.sockets import BindError, Listener, bind_all, close_all, raise_nofile_limit
+from pop3d.master.listeners import BindError, bind_all, close_all, raise_nofile_limit
+from pop3d.master.pidfile import Pidfile, PidfileError
 
 log = logging.getLogger("pop3d.master")  # one name for the whole master in the log
 

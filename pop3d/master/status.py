@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from pop3d.master import plan
+from pop3d.master.pidfile import remove_status, status_due, write_status
+from pop3d.master.sdnotify import Notifier
 from pop3d.master.workers import WorkerProcess
-from pop3d.pidfile import remove_status, status_due, write_status
-from pop3d.sdnotify import Notifier
 
 log = logging.getLogger("pop3d.master")  # one name for the whole master in the log
 

@@ -10,26 +10,13 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-from pop3d.config import Config
-from pop3d.errors import EX_SOFTWARE, EXIT_WORKER_BOOT_ERROR
+from pop3d.handoff import EXIT_WORKER_BOOT_ERROR, EXIT_WORKER_CRASHED, Runnable
 from pop3d.heartbeat import Heartbeat
 from pop3d.master.plan import WorkerView
-from pop3d.sockets import Listener
 
 log = logging.getLogger("pop3d.master")  # one name for the whole master in the log
-
-
-class Runnable(Protocol):
-    """What a worker factory returns: built in the master, run in the forked child."""
-
-    def run(self) -> int: ...
-
-
-WorkerFactory = Callable[[int, Config, Sequence[Listener], Heartbeat], Runnable]
 
 
 @dataclass(slots=True)
@@ -75,4 +62,4 @@ def run_worker(worker: Runnable, heartbeat: Heartbeat) -> int:
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except BaseException:
         log.exception("worker %d failed", os.getpid())
-        return EX_SOFTWARE if heartbeat.booted() else EXIT_WORKER_BOOT_ERROR
+        return EXIT_WORKER_CRASHED if heartbeat.booted() else EXIT_WORKER_BOOT_ERROR

@@ -10,28 +10,18 @@ from __future__ import annotations
 
 import functools
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from pop3d.errors import NoSuchUser, Pop3dError
 from pop3d.ports import UserRecord
-from pop3d.store.db import Cursor, Database, is_storable
+from pop3d.store.credentials import find_user
+from pop3d.store.db import Cursor, Database, as_uuid, is_storable
 
 _ADDRESS_LOCK = 0x706F70336461  # serialises address claims across `user add` and `user alias`
 MAX_ADDRESS = 254  # RFC 5321 section 4.5.3.1.3: a path is at most 256 octets with its <>
 _FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f<>,;\"()\[\]\\]")
-
-_FIND_USER = """
-SELECT id::text, address, disabled_at IS NOT NULL, 0 AS preference FROM users
-WHERE lower(address) = lower(%(address)s)
-UNION ALL
-SELECT u.id::text, u.address, u.disabled_at IS NOT NULL, 1 FROM user_addresses a
-JOIN users u ON u.id = a.user_id
-WHERE lower(a.address) = lower(%(address)s) AND a.verified
-ORDER BY preference LIMIT 1
-"""
 
 _USERS = """
 SELECT u.id::text, u.address, u.display_name, u.created_at, u.disabled_at,
@@ -95,21 +85,6 @@ def check_address(text: str) -> str:
     if len(address.encode("utf-8")) > MAX_ADDRESS:
         raise InvalidAddress(f"{text!r} is longer than {MAX_ADDRESS} octets")
     return address
-
-
-def find_user(cur: Cursor, address: str) -> UserRecord | None:
-    """The user whose primary address or verified alias this is (case-insensitive)."""
-    cur.execute(_FIND_USER, {"address": address})
-    row = cur.fetchone()
-    return None if row is None else UserRecord(row[0], row[1], bool(row[2]))
-
-
-def as_uuid(text: str) -> str | None:
-    """The canonical form of a UUID, or None for anything else."""
-    try:
-        return str(uuid.UUID(text))
-    except (ValueError, TypeError, AttributeError):
-        return None
 
 
 class Accounts:

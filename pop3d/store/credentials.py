@@ -12,8 +12,17 @@ import weakref
 from collections.abc import Sequence
 
 from pop3d.ports import KeyRecord, UserRecord
-from pop3d.store.accounts import as_uuid, find_user
-from pop3d.store.db import Cursor, Database, DbSettings, is_storable
+from pop3d.store.db import Cursor, Database, DbSettings, as_uuid, is_storable
+
+_FIND_USER = """
+SELECT id::text, address, disabled_at IS NOT NULL, 0 AS preference FROM users
+WHERE lower(address) = lower(%(address)s)
+UNION ALL
+SELECT u.id::text, u.address, u.disabled_at IS NOT NULL, 1 FROM user_addresses a
+JOIN users u ON u.id = a.user_id
+WHERE lower(a.address) = lower(%(address)s) AND a.verified
+ORDER BY preference LIMIT 1
+"""
 
 # Keys with a public prefix are candidates only for a password starting with that prefix;
 # keys without one (written by other parts of the mail system) are always candidates.
@@ -22,6 +31,13 @@ SELECT id::text, key_hash, scopes FROM api_keys
 WHERE user_id = %s AND revoked_at IS NULL AND (prefix IS NULL OR starts_with(%s, prefix))
 ORDER BY prefix IS NULL, created_at, id
 """
+
+
+def find_user(cur: Cursor, address: str) -> UserRecord | None:
+    """The user whose primary address or verified alias this is (case-insensitive)."""
+    cur.execute(_FIND_USER, {"address": address})
+    row = cur.fetchone()
+    return None if row is None else UserRecord(row[0], row[1], bool(row[2]))
 
 
 class PgCredentialStore:

@@ -12,14 +12,15 @@ the caller sees :class:`StoreUnavailable` only when the database really is unrea
 A Database is safe to share between threads (calls are serialised by a lock), but threads
 that query in parallel, like the authenticator's pool, should each have their own.
 
-:func:`is_storable` and :func:`make_storable` say what PostgreSQL's text type accepts, for
-input that must be checked or cleaned before it reaches a query.
+:func:`is_storable`, :func:`make_storable` and :func:`as_uuid` say what PostgreSQL's text and
+uuid types accept, for input that must be checked or cleaned before it reaches a query.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -53,6 +54,14 @@ class DbSettings:
 def is_storable(text: str) -> bool:
     """Whether PostgreSQL takes ``text`` as a text value unchanged."""
     return _UNSTORABLE.search(text) is None
+
+
+def as_uuid(text: str) -> str | None:
+    """The canonical form of a UUID, or None for anything else (never a query error)."""
+    try:
+        return str(uuid.UUID(text))
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def make_storable(text: str | None) -> str | None:

@@ -3,24 +3,32 @@
 All or nothing: the email row, its attachments and one recipient row per envelope recipient
 are written in one transaction, and only after every recipient has been resolved to a user, so
 an MTA that is told "no such user" or "try again" can be sure nothing was stored.  The size
-column is computed here by the same code that produces RETR's bytes.
+column is computed here by the same code that produces RETR's bytes, and the columns read out
+of the message are cleaned of what PostgreSQL's text type refuses.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import psycopg2
 
-from pop3d.errors import NoSuchUser, StorePermanentError
+from pop3d.errors import BadMessage, NoSuchUser, StorePermanentError
+from pop3d.message.normalize import retr_octets
+from pop3d.message.parse import (
+    NotAMessage,
+    ParsedMessage,
+    check_raw,
+    parse_message,
+)
 from pop3d.ports import UserRecord
-from pop3d.store.accounts import InvalidAddress, check_address, find_user
-from pop3d.store.db import Cursor, Database
+from pop3d.store.accounts import InvalidAddress, check_address
+from pop3d.store.credentials import find_user
+from pop3d.store.db import Cursor, Database, make_storable
 from pop3d.store.maildrop import RAW_SLICE
-from pop3d.store.normalize import retr_octets
-from pop3d.store.parse import ParsedMessage, check_raw, parse_message
 
 _INSERT_EMAIL = """
 INSERT INTO emails (message_id, from_address, from_name, subject, text_body, html_body,
@@ -44,8 +52,11 @@ def deliver(db: Database, raw: bytes, recipients: Sequence[str]) -> str:
     nothing stored), StoreUnavailable or StorePermanentError.
     """
     envelope = _envelope(recipients)
-    raw = check_raw(raw)
-    parsed = parse_message(raw)
+    try:
+        raw = check_raw(raw)
+    except NotAMessage as exc:
+        raise BadMessage(str(exc)) from None
+    parsed = _storable(parse_message(raw))
     size = sum(len(chunk) for chunk in retr_octets(_slices(raw)))
     return db.run(functools.partial(
         _store, raw=raw, size=size, parsed=parsed, envelope=envelope))
@@ -66,6 +77,20 @@ def _envelope(recipients: Sequence[str]) -> list[str]:
     if not unique:
         raise NoSuchUser("no envelope recipient")
     return list(unique.values())
+
+
+def _storable(parsed: ParsedMessage) -> ParsedMessage:
+    """The columns with every character PostgreSQL's text type refuses replaced."""
+    text = make_storable
+    attachments = tuple(dataclasses.replace(a, file_name=text(a.file_name))
+                        for a in parsed.attachments)
+    listed = {address: (kind, text(name)) for address, (kind, name) in parsed.listed.items()}
+    return dataclasses.replace(
+        parsed, message_id=text(parsed.message_id), from_address=text(parsed.from_address),
+        from_name=text(parsed.from_name), subject=text(parsed.subject),
+        text_body=text(parsed.text_body), html_body=text(parsed.html_body),
+        in_reply_to=text(parsed.in_reply_to), references=text(parsed.references),
+        attachments=attachments, listed=listed)
 
 
 def _slices(raw: bytes) -> Iterator[bytes]:

@@ -17,12 +17,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pop3d.errors import MessageGone
+from pop3d.message.normalize import retr_octets, top_octets
+from pop3d.message.render import (
+    AttachmentMeta,
+    SliceReader,
+    SourceChanged,
+    StoredEmail,
+    render,
+    rendered_size,
+)
 from pop3d.ports import MessageInfo
 from pop3d.store import stored
-from pop3d.store.accounts import as_uuid
-from pop3d.store.db import Cursor, Database
-from pop3d.store.normalize import retr_octets, top_octets
-from pop3d.store.render import AttachmentMeta, StoredEmail, render, rendered_size
+from pop3d.store.db import Cursor, Database, as_uuid
 
 RAW_SLICE = 256 * 1024  # octets of raw per query: large enough to amortise the round trip
 # Messages measured (and their sizes saved) together when sizes are missing: a first login to
@@ -67,7 +73,7 @@ class PgMaildrop:
         source = self.db.run(functools.partial(_open, user=user, email=email))
         if isinstance(source, _Raw):
             return retr_octets(self._raw_chunks(user, source))
-        return render(source, functools.partial(self._attachment_slice, user))
+        return _rendered(source, functools.partial(self._attachment_slice, user))
 
     def open_top(self, user_id: str, email_id: str, lines: int) -> Iterator[bytes]:
         return top_octets(self.open_message(user_id, email_id), max(lines, 0))
@@ -145,6 +151,13 @@ class PgMaildrop:
         return self.db.run(functools.partial(
             stored.attachment_slice, user=user, attachment=attachment.attachment_id,
             offset=offset, length=length))
+
+
+def _rendered(source: StoredEmail, read_slice: SliceReader) -> Iterator[bytes]:
+    try:
+        yield from render(source, read_slice)
+    except SourceChanged as exc:
+        raise MessageGone(str(exc)) from None
 
 
 def uidl(email_id: str) -> str:

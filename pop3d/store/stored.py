@@ -10,9 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from pop3d.errors import MessageGone
+from pop3d.message.headers import EmailAddress
+from pop3d.message.render import AttachmentMeta, StoredEmail
 from pop3d.store.db import Cursor
-from pop3d.store.headers import Mailbox
-from pop3d.store.render import AttachmentMeta, StoredEmail
 
 _EMAIL = """
 SELECT id::text, received_at, message_id, from_address, from_name, subject, in_reply_to,
@@ -50,21 +50,24 @@ def load_email(cur: Cursor, email_id: str) -> StoredEmail:
     to, cc = _recipients(cur, email_id)
     return StoredEmail(
         email_id=email, received_at=_as_datetime(received_at), message_id=message_id,
-        sender=Mailbox(from_address, from_name) if from_address else None,
+        sender=EmailAddress(from_address, from_name) if from_address else None,
         to=to, cc=cc, subject=subject, in_reply_to=in_reply_to, references=references,
         text_body=text_body, html_body=html_body, attachments=_attachments(cur, email_id))
 
 
-def _recipients(cur: Cursor, email_id: str) -> tuple[tuple[Mailbox, ...], tuple[Mailbox, ...]]:
+Addresses = tuple[EmailAddress, ...]
+
+
+def _recipients(cur: Cursor, email_id: str) -> tuple[Addresses, Addresses]:
     cur.execute(_RECIPIENTS, (email_id,))
-    lists: dict[str, list[Mailbox]] = {"to": [], "cc": []}
+    lists: dict[str, list[EmailAddress]] = {"to": [], "cc": []}
     seen: set[tuple[str, str]] = set()
     for kind, address, name in cur.fetchall():
         if not address.strip():
             continue
         if (kind, address.lower()) not in seen:  # one user reached twice is listed once
             seen.add((kind, address.lower()))
-            lists[kind].append(Mailbox(address, name))
+            lists[kind].append(EmailAddress(address, name))
     return tuple(lists["to"]), tuple(lists["cc"])
 
 

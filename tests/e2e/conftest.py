@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 
 from pop3d.config import parse_address
-from pop3d.pidfile import read_status, status_path
+from pop3d.master.pidfile import read_status, status_path
 
 E2E_DIR = Path(__file__).resolve().parent
 ECHO_WORKER = "echo_worker:EchoWorker"

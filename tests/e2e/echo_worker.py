@@ -32,7 +32,7 @@ from typing import Any, cast
 from setproctitle import setproctitle
 
 from pop3d import log as log_module
-from pop3d.errors import EXIT_OK, EXIT_WORKER_BOOT_ERROR
+from pop3d.handoff import EXIT_OK, EXIT_WORKER_BOOT_ERROR
 
 log = logging.getLogger("pop3d.echo_worker")
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pop3d.pidfile import process_alive, read_pid
+from pop3d.master.pidfile import process_alive, read_pid
 
 from .conftest import ECHO_WORKER, MasterHandle, wait_until
 from .test_master_lifecycle import hold_session, read_line

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pop3d.errors import EXIT_WORKER_BOOT_ERROR
+from pop3d.handoff import EXIT_WORKER_BOOT_ERROR
 from pop3d.master import EXIT_CRASH_LOOP, EXIT_STARTUP_FAILED, MAX_EARLY_DEATHS
 
 from .conftest import ECHO_WORKER, MasterHandle, free_port, statsd_lines, wait_until

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pop3d.errors import EX_CONFIG
+from pop3d.cli.sysexits import EX_CONFIG
 
 from .conftest import ECHO_WORKER, free_port, wait_until
 from .test_master_lifecycle import hold_session, read_line, wait_for_gauge

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pop3d.errors import EX_CONFIG
+from pop3d.cli.sysexits import EX_CONFIG
 
 from .conftest import MasterHandle, wait_until
 from .server_fixtures import Account, Client, MailStore, message, socket_owner

@@ -13,7 +13,7 @@ import pytest
 from psycopg2.extensions import make_dsn
 
 from pop3d.auth import KeyAuthenticator
-from pop3d.errors import EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_USAGE
+from pop3d.cli.sysexits import EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_USAGE
 from pop3d.ports import Credentials
 from pop3d.store import Database, DbSettings, PgCredentialStore, PgMaildrop
 

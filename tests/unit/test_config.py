@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from pop3d import config
 from pop3d.cli import main
-from pop3d.config import SECTIONS, Address, Config, load
-from pop3d.errors import EX_CONFIG, ConfigError, ConfigProblem
+from pop3d.cli.sysexits import EX_CONFIG
+from pop3d.config import SECTIONS, Address, Config, ConfigError, ConfigProblem, load
 
 ROOT = Path(__file__).resolve().parents[2]
 POP3D = str(Path(sys.executable).with_name("pop3d"))

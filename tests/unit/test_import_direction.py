@@ -1,9 +1,11 @@
 """ARCHITECTURE §2: who may import whom, checked on the source of every module in pop3d/.
 
-Each module belongs to a layer (:data:`LAYER_OF`, matched by the longest module-name prefix);
-each layer may import the internal layers in :data:`MAY_IMPORT` and the third-party libraries in
-:data:`LIBRARIES`.  A module that matches no layer fails: a new module must be classified here
-before it can land, which is how the arrows stay a decision rather than an accident.
+Each folder of the package is a layer, and so is each of the few top-level modules that two or
+more folders share (:data:`LAYER_OF`, matched by the longest module-name prefix).  Each layer
+may import the internal layers in :data:`MAY_IMPORT` and the third-party libraries in
+:data:`LIBRARIES`.  A module that matches no layer fails: a new top-level module or folder must
+be classified here before it can land, which is how the arrows stay a decision rather than an
+accident.
 """
 
 from __future__ import annotations
@@ -19,59 +21,51 @@ PACKAGE = Path(__file__).resolve().parents[2] / "pop3d"
 LAYER_OF: dict[str, str] = {
     "pop3d": "root",  # __init__: the version only
     "pop3d.__main__": "main",
+    # top-level modules: concepts that two or more folders share
     "pop3d.errors": "errors",
     "pop3d.ports": "ports",
+    "pop3d.handoff": "handoff",  # what crosses fork(): master and worker both import it
+    "pop3d.heartbeat": "heartbeat",
+    "pop3d.auth": "auth",
+    "pop3d.log": "log",
+    # folders
     "pop3d.protocol": "protocol",
     "pop3d.session": "session",
-    "pop3d.auth": "auth",
+    "pop3d.message": "message",
     "pop3d.store": "store",
     "pop3d.adapters": "adapters",
     "pop3d.worker": "worker",
-    "pop3d.channel": "worker",  # one connection of the worker's loop
-    "pop3d.services": "worker",  # builds the worker's adapters and store after fork
-    "pop3d.wakeup": "worker",  # signals and finished logins wake the worker's loop
     "pop3d.master": "master",
     "pop3d.master.plan": "plan",  # the master's decisions: pure, so no IO (FORBIDDEN_STDLIB)
-    "pop3d.sockets": "sockets",
-    "pop3d.pidfile": "pidfile",
-    "pop3d.sdnotify": "sdnotify",
-    "pop3d.heartbeat": "heartbeat",
     "pop3d.config": "config",
-    "pop3d.log": "log",
     "pop3d.cli": "cli",
 }
-
-MASTER_HELPERS = frozenset({"sockets", "pidfile", "sdnotify", "heartbeat"})
-MASTER_MAY_IMPORT = frozenset(
-    {"root", "master", "plan", "config", "log", "errors"} | MASTER_HELPERS
-)
 
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "root": frozenset(),
     "main": frozenset({"cli"}),
     "errors": frozenset(),
     "ports": frozenset({"errors"}),
+    "handoff": frozenset({"config", "heartbeat"}),
+    "heartbeat": frozenset(),
+    "auth": frozenset({"root", "ports", "errors"}),
+    "log": frozenset({"root"}),
     "protocol": frozenset({"protocol"}),
     "session": frozenset({"session", "protocol", "ports", "errors"}),
-    "auth": frozenset({"root", "ports", "errors"}),
-    "store": frozenset({"root", "store", "ports", "errors"}),
+    "message": frozenset({"message"}),
+    "store": frozenset({"root", "store", "message", "ports", "errors"}),
     "adapters": frozenset({"root", "adapters", "ports", "errors"}),
-    # The master hands the worker its listeners and heartbeat (docs/INTERNALS.md), so the
-    # worker may name those two helpers' types; never the pidfile or sd_notify.
     "worker": frozenset(
         {"root", "worker", "session", "protocol", "ports", "auth", "store", "adapters"}
-        | {"config", "errors", "log", "sockets", "heartbeat"}
+        | {"config", "errors", "log", "handoff", "heartbeat"}
     ),
-    "master": MASTER_MAY_IMPORT,
-    "plan": MASTER_MAY_IMPORT,
-    "config": frozenset({"root", "config", "errors"}),
-    "log": frozenset({"root", "errors"}),
+    "master": frozenset({"root", "master", "plan", "config", "log", "handoff", "heartbeat"}),
+    "plan": frozenset({"root", "plan", "config"}),
+    "config": frozenset({"root", "config"}),
     "cli": frozenset(
-        {"root", "cli", "config", "master", "worker", "store", "auth", "log", "errors", "adapters"}
-        | MASTER_HELPERS
+        {"root", "cli", "config", "master", "worker", "store", "auth", "log", "errors"}
+        | {"adapters", "handoff", "heartbeat"}
     ),
-    **{helper: frozenset({"root", "config", "log", "errors"} | MASTER_HELPERS)
-       for helper in MASTER_HELPERS},
 }  # fmt: skip
 
 LIBRARIES: dict[str, frozenset[str]] = {
@@ -89,19 +83,25 @@ _IO = frozenset(
 )
 FORBIDDEN_STDLIB: dict[str, frozenset[str]] = {
     "protocol": _IO | {"time", "logging"},  # pure: bytes in, events out
+    "message": _IO | {"time", "logging"},  # pure: values in, octets out
     "session": _IO,
     "plan": _IO | {"time"},  # the arbiter passes ``now``: plan.py reads no clock
 }
 
-# ARCHITECTURE §2 plus the master-side helpers: every one of these must have a layer.
+# ARCHITECTURE §2: every one of these must have a layer.
 PLANNED = [
-    "pop3d", "pop3d.__main__", "pop3d.errors", "pop3d.ports", "pop3d.session", "pop3d.auth",
-    "pop3d.worker", "pop3d.master", "pop3d.config", "pop3d.log", "pop3d.cli",
-    "pop3d.protocol", "pop3d.protocol.events", "pop3d.protocol.parser", "pop3d.protocol.writer",
-    "pop3d.protocol.states", "pop3d.protocol.connection", "pop3d.protocol.proxy",
-    "pop3d.store", "pop3d.store.maildrop", "pop3d.adapters.memcache", "pop3d.adapters.statsd",
-    "pop3d.sockets", "pop3d.pidfile", "pop3d.sdnotify", "pop3d.heartbeat",
+    "pop3d", "pop3d.__main__", "pop3d.errors", "pop3d.ports", "pop3d.handoff",
+    "pop3d.heartbeat", "pop3d.auth", "pop3d.log", "pop3d.protocol", "pop3d.session",
+    "pop3d.session.authorization", "pop3d.message", "pop3d.message.render", "pop3d.store",
+    "pop3d.store.maildrop", "pop3d.adapters.memcache", "pop3d.worker", "pop3d.worker.channel",
+    "pop3d.master", "pop3d.master.listeners", "pop3d.master.pidfile", "pop3d.config",
+    "pop3d.cli",
 ]  # fmt: skip
+
+# A newcomer reading the top-level listing can tell which process each part belongs to: the
+# top level holds only the shared modules above and folders.
+TOP_LEVEL_MODULES = {"__init__", "__main__", "errors", "ports", "handoff", "heartbeat", "auth",
+                     "log"}
 
 
 def layer_of(module: str) -> str | None:
@@ -189,6 +189,13 @@ def test_the_package_is_found() -> None:
     assert {"pop3d.session", "pop3d.protocol.connection"} <= {_module_name(p) for p in SOURCES}
 
 
+def test_the_top_level_holds_shared_modules_and_folders_only() -> None:
+    modules = {path.stem for path in PACKAGE.glob("*.py")}
+    assert modules == TOP_LEVEL_MODULES
+    folders = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()}
+    assert {f"pop3d.{folder}" for folder in folders} <= set(LAYER_OF)
+
+
 @pytest.mark.parametrize("module", PLANNED)
 def test_every_planned_module_has_a_layer(module: str) -> None:
     assert layer_of(module) is not None
@@ -216,7 +223,17 @@ def test_every_planned_module_has_a_layer(module: str) -> None:
         ("pop3d.master", "from pop3d.store.db import Database", "pop3d.store.db (store)"),
         ("pop3d.config", "import click", "library click"),
         ("pop3d.worker", "import click", "library click"),
-        ("pop3d.worker", "from pop3d.pidfile import read_pid", "pop3d.pidfile (pidfile)"),
+        ("pop3d.worker.loop", "from pop3d.master.pidfile import read_pid", "(master)"),
+        ("pop3d.worker.channel", "from pop3d.master import listeners", "(master)"),
+        ("pop3d.master.arbiter", "from pop3d.worker.backends import Backends", "(worker)"),
+        ("pop3d.master.arbiter", "from pop3d.auth import KeyAuthenticator", "(auth)"),
+        ("pop3d.master.plan", "from pop3d.heartbeat import Heartbeat", "(heartbeat)"),
+        ("pop3d.message.render", "from pop3d.errors import MessageGone", "(errors)"),
+        ("pop3d.message.render", "from pop3d.store.db import Database", "(store)"),
+        ("pop3d.message.parse", "import logging", "IO module logging"),
+        ("pop3d.handoff", "from pop3d.worker import Worker", "(worker)"),
+        ("pop3d.handoff", "from pop3d.master import Master", "(master)"),
+        ("pop3d.session.core", "from pop3d.message import render", "(message)"),
         ("pop3d.store.db", "from pop3d.session import Session", "pop3d.session (session)"),
         ("pop3d.store.db", "import statsd", "library statsd"),
         ("pop3d.adapters.memcache", "import pymemcache\nimport statsd", "more than one"),
@@ -236,7 +253,10 @@ def test_violations_are_caught(module: str, source: str, complaint: str) -> None
         ("pop3d.protocol.connection", "from . import parser\nfrom .states import State"),
         ("pop3d.session", "from pop3d.protocol import events as ev\nimport logging\nimport time"),
         ("pop3d.session", "from pop3d.errors import InUse\nfrom pop3d.ports import Maildrop"),
-        ("pop3d.master", "from pop3d.sockets import Listener\nimport setproctitle"),
+        ("pop3d.master", "from pop3d.handoff import Listener\nimport setproctitle"),
+        ("pop3d.master.arbiter", "from pop3d.master.listeners import close_all"),
+        ("pop3d.worker.loop", "from pop3d.handoff import Listener\nfrom pop3d import heartbeat"),
+        ("pop3d.store.maildrop", "from pop3d.message.render import render"),
         ("pop3d.cli", "import click\nfrom pop3d import master, worker, config"),
         ("pop3d.store.db", "import psycopg2.extensions\nfrom ..errors import StoreUnavailable"),
         ("pop3d.adapters.statsd", "import statsd\nfrom pop3d.ports import Metrics"),

@@ -12,9 +12,9 @@ import pytest
 from pop3d import config as config_module
 from pop3d import log as log_module
 from pop3d.master.generations import Generations
-from pop3d.sockets import close_all
+from pop3d.master.listeners import close_all
 
-from .test_master_sockets import free_port
+from .test_master_listeners import free_port
 
 master_log = logging.getLogger("pop3d.master")
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from pop3d.pidfile import (
+from pop3d.master.pidfile import (
     STATUS_MIN_INTERVAL,
     Pidfile,
     PidfileError,

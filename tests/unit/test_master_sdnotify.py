@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from pop3d.sdnotify import Notifier, format_message, monotonic_usec, socket_address
+from pop3d.master.sdnotify import Notifier, format_message, monotonic_usec, socket_address
 
 
 def test_socket_address():

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pop3d.store.normalize import CrlfNormalizer, retr_octets, top_octets
+from pop3d.message.normalize import CrlfNormalizer, retr_octets, top_octets
 
 
 def _chunked(data: bytes, cuts: list[int]) -> list[bytes]:

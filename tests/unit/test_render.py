@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pop3d.errors import MessageGone
-from pop3d.store.headers import Mailbox
-from pop3d.store.render import (
+from pop3d.message.headers import EmailAddress
+from pop3d.message.render import (
     ATTACHMENT_SLICE,
     AttachmentMeta,
+    SourceChanged,
     StoredEmail,
     base64_length,
     render,
@@ -59,8 +59,8 @@ def _email(**fields: object) -> StoredEmail:
 
 
 def test_simple_text_message_exact_bytes() -> None:
-    raw = _render(_email(sender=Mailbox("s@example.org", "Sam Sender"),
-                         to=(Mailbox("a@example.com"), Mailbox("b@example.com", "B, Jr.")),
+    to = (EmailAddress("a@example.com"), EmailAddress("b@example.com", "B, Jr."))
+    raw = _render(_email(sender=EmailAddress("s@example.org", "Sam Sender"), to=to,
                          subject="Hello", text_body="line 1\n.\n..\nend", message_id="m@x"))
     assert raw == (
         b"From: Sam Sender <s@example.org>\r\n"
@@ -139,8 +139,8 @@ def test_html_only() -> None:
 
 def test_non_ascii_headers_are_encoded_words_and_decode_back() -> None:
     subject = "Grüße aus Köln — " + "ü" * 80
-    raw = _render(_email(subject=subject, sender=Mailbox("z@example.org", "Zoë Ünicode"),
-                         cc=(Mailbox("c@example.com", "日本語の名前"),)))
+    raw = _render(_email(subject=subject, sender=EmailAddress("z@example.org", "Zoë Ünicode"),
+                         cc=(EmailAddress("c@example.com", "日本語の名前"),)))
     assert raw.split(b"\r\n\r\n")[0].isascii()
     assert max(len(line) for line in raw.split(b"\r\n")) <= 76
     message = _parse(raw)
@@ -151,8 +151,8 @@ def test_non_ascii_headers_are_encoded_words_and_decode_back() -> None:
 
 def test_column_values_cannot_inject_header_fields() -> None:
     raw = _render(_email(subject="hi\r\nBcc: leak@example.com",
-                         sender=Mailbox("s@x\nBcc: a@b", "n\r\nBcc: c@d"),
-                         to=(Mailbox("t@x", "\nBcc: e@f"),), message_id="<m@x>\r\nBcc: g@h",
+                         sender=EmailAddress("s@x\nBcc: a@b", "n\r\nBcc: c@d"),
+                         to=(EmailAddress("t@x", "\nBcc: e@f"),), message_id="<m@x>\r\nBcc: g@h",
                          references="<r@x>\nBcc: i@j"))
     header = raw.split(b"\r\n\r\n")[0]
     assert not any(line.lower().startswith(b"bcc") for line in header.split(b"\r\n"))
@@ -204,16 +204,17 @@ def test_renders_are_byte_identical_and_boundaries_follow_the_id() -> None:
     assert b"=_pop3d_alt_11111111222233334444555555555555" in other
 
 
-def test_attachment_changing_underneath_is_message_gone() -> None:
+def test_attachment_changing_underneath_is_noticed() -> None:
     contents = Contents(a=b"0123456789")
     meta = AttachmentMeta("a", "a", None, 20)  # the row grew or shrank after the lookup
-    with pytest.raises(MessageGone):
+    with pytest.raises(SourceChanged):
         _render(_email(attachments=(meta,)), contents)
 
 
 def test_recipients_are_never_read_from_bcc() -> None:
     # The renderer only ever receives To and Cc; make sure a name in them is all it prints.
-    raw = _render(_email(to=(Mailbox("to@example.com"),), cc=(Mailbox("cc@example.com"),)))
+    raw = _render(_email(to=(EmailAddress("to@example.com"),),
+                         cc=(EmailAddress("cc@example.com"),)))
     assert b"Bcc" not in raw
     assert b"To: to@example.com\r\nCc: cc@example.com\r\n" in raw
 

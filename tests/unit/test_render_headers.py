@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pop3d.store import headers
-from pop3d.store.headers import Mailbox
+from pop3d.message import headers
+from pop3d.message.headers import EmailAddress
 
 
 def _decode_word(word: str) -> bytes:
@@ -62,12 +62,12 @@ def test_plain_ascii_subject_is_folded_not_encoded() -> None:
 
 
 @pytest.mark.parametrize(("mailbox", "expected"), [
-    (Mailbox("a@x"), ["a@x"]),
-    (Mailbox("a@x", "Ann Example"), ["Ann", "Example", "<a@x>"]),
-    (Mailbox("a@x", 'Doe, "J" \\ Jr.'), ['"Doe, \\"J\\" \\\\ Jr."', "<a@x>"]),
-    (Mailbox(" <a@x> ", ""), ["a@x"]),
+    (EmailAddress("a@x"), ["a@x"]),
+    (EmailAddress("a@x", "Ann Example"), ["Ann", "Example", "<a@x>"]),
+    (EmailAddress("a@x", 'Doe, "J" \\ Jr.'), ['"Doe, \\"J\\" \\\\ Jr."', "<a@x>"]),
+    (EmailAddress(" <a@x> ", ""), ["a@x"]),
 ])
-def test_mailbox_tokens(mailbox: Mailbox, expected: list[str]) -> None:
+def test_mailbox_tokens(mailbox: EmailAddress, expected: list[str]) -> None:
     assert headers.mailbox_tokens(mailbox) == expected
 
 
@@ -81,7 +81,8 @@ def _decoded_addresses(raw: bytes) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("name", ["Doe, \"J\" \\ Jr.", "Zoë", "=?x?", "a" * 100, "日本" * 30])
 def test_display_names_round_trip(name: str) -> None:
-    raw = headers.addresses("To", [Mailbox("a@example.com", name), Mailbox("b@example.com")])
+    listed = [EmailAddress("a@example.com", name), EmailAddress("b@example.com")]
+    raw = headers.addresses("To", listed)
     assert raw.isascii()
     assert all(len(line) <= 76 for line in raw.split(b"\r\n"))
     assert _decoded_addresses(raw) == [(name, "a@example.com"), ("", "b@example.com")]

@@ -29,7 +29,7 @@ _PARAM_SEGMENT = 60  # longer (or non-ASCII) parameter values use RFC 2231 conti
 
 
 @dataclass(frozen=True, slots=True)
-class Mailbox:
+class EmailAddress:
     """An address with an optional display name."""
 
     address: str
@@ -79,7 +79,7 @@ def _angle(token: str) -> str:
     return f"<{inner}>"
 
 
-def addresses(name: str, mailboxes: Sequence[Mailbox]) -> bytes:
+def addresses(name: str, mailboxes: Sequence[EmailAddress]) -> bytes:
     """An address list, one mailbox per token group, folded between words."""
     tokens: list[str] = []
     for index, mailbox in enumerate(mailboxes):
@@ -90,7 +90,7 @@ def addresses(name: str, mailboxes: Sequence[Mailbox]) -> bytes:
     return field(name, tokens)
 
 
-def mailbox_tokens(mailbox: Mailbox, first_width: int = FOLD_WIDTH - 1) -> list[str]:
+def mailbox_tokens(mailbox: EmailAddress, first_width: int = FOLD_WIDTH - 1) -> list[str]:
     address = "".join(clean(mailbox.address).split(" ")).strip("<>")
     name = clean(mailbox.name)
     if not name:

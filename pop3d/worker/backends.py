@@ -1,4 +1,4 @@
-"""What a worker's sessions run on, built from the config after fork.
+"""A worker's backends: what its sessions run on, built from the config after fork.
 
 This is the one place that picks implementations for the ports: PostgreSQL for the maildrop and
 the credentials, bcrypt API keys for authentication (with the memcached auth cache and rate
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class WorkerServices:
+class Backends:
     maildrop: PgMaildrop
     authenticator: KeyAuthenticator
     credentials: PgCredentialStore
@@ -72,7 +72,7 @@ def session_prefix(pid: int) -> str:
     return f"{socket.gethostname()}:{pid}:"
 
 
-def build_services(config: Config) -> WorkerServices:
+def build_backends(config: Config) -> Backends:
     """Connect nothing yet: database and memcached connections open on first use, so a worker
     boots while PostgreSQL is down and answers ``[SYS/TEMP]`` until it is back."""
     settings = DbSettings(config.database.dsn,
@@ -87,7 +87,7 @@ def build_services(config: Config) -> WorkerServices:
                                      cache=shared.auth_cache if auth.cache_ttl > 0 else None,
                                      cache_secret=read_secret(config), cache_ttl=auth.cache_ttl,
                                      rate_limiter=shared.rate_limiter)
-    return WorkerServices(maildrop=PgMaildrop(database), authenticator=authenticator,
+    return Backends(maildrop=PgMaildrop(database), authenticator=authenticator,
                           credentials=credentials, shared=shared,
                           metrics=metrics_for(config.statsd), database=database)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pop3d.config import Address, ServerConfig
+from pop3d.handoff import Listener
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,6 @@ Resolver = Callable[[str, int], tuple[socket.AddressFamily, tuple[Any, ...]]]
 
 class BindError(Exception):
     """An address that cannot be listened on; the message names it and says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class Listener:
-    """A bound, listening, non-blocking socket and what it is for."""
-
-    sock: socket.socket
-    address: Address
-    tls: bool  # implicit TLS (tls_listen); False: plain with STLS offered (listen)
-
-    def __str__(self) -> str:
-        return f"{self.address} ({'implicit TLS' if self.tls else 'plain/STLS'})"
 
 
 @dataclass(frozen=True, slots=True)

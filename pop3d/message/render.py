@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from pop3d.errors import MessageGone
-from pop3d.store import headers
-from pop3d.store.headers import Mailbox
+from pop3d.message import headers
+from pop3d.message.headers import EmailAddress
 
 CRLF = b"\r\n"
 BASE64_LINE = 57  # octets per line: RFC 2045 section 6.8 limits lines to 76 characters
@@ -54,9 +53,9 @@ class StoredEmail:
     email_id: str
     received_at: datetime
     message_id: str | None = None
-    sender: Mailbox | None = None
-    to: tuple[Mailbox, ...] = ()
-    cc: tuple[Mailbox, ...] = ()
+    sender: EmailAddress | None = None
+    to: tuple[EmailAddress, ...] = ()
+    cc: tuple[EmailAddress, ...] = ()
     subject: str | None = None
     in_reply_to: str | None = None
     references: str | None = None
@@ -67,6 +66,12 @@ class StoredEmail:
 
 # (attachment, offset, length) -> exactly that many octets of the attachment's content
 SliceReader = Callable[[AttachmentMeta, int, int], bytes]
+
+
+class SourceChanged(Exception):
+    """What was read while rendering no longer matches what the render started from."""
+
+
 # attachment -> its encoded body, the lines between its part headers and the next delimiter
 _BodyWriter = Callable[[AttachmentMeta], Iterable[bytes]]
 
@@ -230,6 +235,6 @@ def _base64_body(attachment: AttachmentMeta, read_slice: SliceReader) -> Iterato
         want = min(ATTACHMENT_SLICE, attachment.size - offset)
         data = read_slice(attachment, offset, want)
         if len(data) != want:
-            raise MessageGone("attachment changed while being sent")
+            raise SourceChanged("attachment changed while being sent")
         yield base64.encodebytes(data).replace(b"\n", CRLF)
         offset += want

@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from pop3d.config import Address, ServerConfig
-from pop3d.sockets import (
+from pop3d.master.listeners import (
     BindError,
     bind_all,
     bind_spec,

@@ -3,7 +3,8 @@
 The raw bytes are stored as received and are what POP3 serves; the columns (sender, subject,
 bodies, attachments, threading ids) are a best-effort reading of them for the web UI and search.
 So parsing never rejects a message once it has a header section: a header the ``email`` package
-cannot make sense of leaves its column empty, and the raw bytes remain authoritative.
+cannot make sense of leaves its column empty, and the raw bytes remain authoritative.  Values
+come back as the message has them; the store replaces what its text columns cannot hold.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage, Message, MIMEPart
 from typing import TypeVar
 
-from pop3d.errors import BadMessage
-from pop3d.store.db import make_storable
-
 T = TypeVar("T")
 # RFC 5322 section 2.2: a field name is printable ASCII except ':'; obsolete syntax allows WSP
 # before the colon.
 _FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
+
+
+class NotAMessage(ValueError):
+    """Bytes that cannot be stored as a message: empty, or without a header section."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,14 +50,14 @@ class ParsedMessage:
 
 
 def check_raw(raw: bytes) -> bytes:
-    """The message to store: without an mbox ``From`` envelope line; BadMessage if unusable."""
+    """The message to store: without an mbox ``From`` envelope line; NotAMessage if unusable."""
     if not raw.strip():
-        raise BadMessage("empty message")
+        raise NotAMessage("empty message")
     if raw.startswith(b"From "):
         # Postfix pipe(8) with the F flag prepends an mbox envelope line; it is not a header.
         raw = raw[raw.find(b"\n") + 1:] if b"\n" in raw else b""
     if not _FIELD_START.match(raw):
-        raise BadMessage("no header section (the first line is not a header field)")
+        raise NotAMessage("no header section (the first line is not a header field)")
     return raw
 
 
@@ -95,7 +97,7 @@ def _header(msg: Message, name: str) -> str | None:
     if value is None:
         return None
     text = " ".join(_guard(lambda: str(value), "").split())
-    return make_storable(text) or None
+    return text or None
 
 
 def _first_address(msg: EmailMessage, name: str) -> tuple[str | None, str | None]:
@@ -104,7 +106,7 @@ def _first_address(msg: EmailMessage, name: str) -> tuple[str | None, str | None
     if not addresses:
         return None, None
     first = addresses[0]
-    return make_storable(first.addr_spec) or None, make_storable(first.display_name) or None
+    return first.addr_spec or None, first.display_name or None
 
 
 def _listed(msg: EmailMessage) -> dict[str, tuple[str, str | None]]:
@@ -113,7 +115,7 @@ def _listed(msg: EmailMessage) -> dict[str, tuple[str, str | None]]:
         for header in msg.get_all(kind, []):
             for address in getattr(header, "addresses", ()):
                 if address.addr_spec:
-                    name = make_storable(address.display_name) or None
+                    name = address.display_name or None
                     listed[address.addr_spec.lower()] = (kind, name)
     return listed
 
@@ -125,7 +127,7 @@ def _text(part: MIMEPart | None) -> str | None:
     if not isinstance(content, str):
         payload = _guard(lambda: part.get_payload(decode=True), None)
         content = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
-    return make_storable(content)
+    return content
 
 
 def _leaves(msg: Message) -> Iterator[Message]:
@@ -144,7 +146,7 @@ def _attachments(msg: Message, bodies: Sequence[Message]) -> tuple[ParsedAttachm
         if any(part is body for body in bodies):
             continue
         found.append(ParsedAttachment(
-            file_name=make_storable(_guard(part.get_filename, None)) or None,
+            file_name=_guard(part.get_filename, None) or None,
             content_type=part.get_content_type(),
             content=_content(part)))
     return tuple(found)

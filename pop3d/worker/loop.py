@@ -6,14 +6,14 @@ selector, database connections, the TLS context, the authentication thread pool)
 
 - ``select`` with a timeout of at most one second;
 - accept on the shared listening sockets while under ``worker_connections``;
-- hand socket events to each :class:`~pop3d.channel.Channel`;
+- hand socket events to each :class:`~pop3d.worker.channel.Channel`;
 - collect finished authentications (bcrypt runs on a small thread pool, so one login never stalls
   the other sessions) and held replies whose delay is over (the auth-failure delay is a timer,
   not a sleep);
 - once a second: idle/login/handshake/PROXY timeouts, the heartbeat, the process title.
 
 Signals only write their number to a wakeup socket (``signal.set_wakeup_fd``, see
-:mod:`pop3d.wakeup`); the loop reads them: TERM drains (stop accepting, let sessions finish
+:mod:`pop3d.worker.wakeup`); the loop reads them: TERM drains (stop accepting, let sessions finish
 within ``graceful_timeout``), INT and QUIT close every session at once, USR1 reopens the log
 file.  A failing session is closed and logged; the loop and the other sessions carry on.
 """
@@ -38,14 +38,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from setproctitle import setproctitle
 
 from pop3d import log as logsetup
-from pop3d.channel import Channel, ChannelHost, Phase
 from pop3d.config import TLS_VERSIONS, Config, is_trusted
-from pop3d.errors import EXIT_OK, EXIT_WORKER_BOOT_ERROR
+from pop3d.handoff import EXIT_OK, EXIT_WORKER_BOOT_ERROR, Listener
 from pop3d.heartbeat import Heartbeat
-from pop3d.services import WorkerServices, build_services, session_prefix
 from pop3d.session import Authenticate, LoginGrant, Peer, Services, Session, SessionSettings
-from pop3d.sockets import Listener
-from pop3d.wakeup import FAST_SIGNALS, Wakeup
+from pop3d.worker.backends import Backends, build_backends, session_prefix
+from pop3d.worker.channel import Channel, ChannelHost, Phase
+from pop3d.worker.wakeup import FAST_SIGNALS, Wakeup
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ class Worker(ChannelHost):
         self.selector.register(self._wakeup.reader, selectors.EVENT_READ, self._on_wakeup)
         self._wakeup.install_signals()
         self.tls_context = build_tls_context(self.config)
-        self.services: WorkerServices = build_services(self.config)
+        self.backends: Backends = build_backends(self.config)
         self.pool = ThreadPoolExecutor(self.config.auth.threads, thread_name_prefix="auth")
         self.settings = session_settings(self.config)
         self._set_accepting(True)
@@ -110,7 +109,7 @@ class Worker(ChannelHost):
         for channel in list(self.channels):
             channel.close("worker stopping")
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.services.close()
+        self.backends.close()
         log.info("worker %d stopped", self.age)
 
     # --- the loop ---------------------------------------------------------------------------
@@ -155,7 +154,7 @@ class Worker(ChannelHost):
 
     def _housekeep(self) -> None:
         try:
-            self.services.periodic()
+            self.backends.periodic()
         except Exception:
             log.exception("worker %d: housekeeping failed", self.age)
 
@@ -201,7 +200,7 @@ class Worker(ChannelHost):
             return
         if client_ip.startswith("::ffff:"):
             client_ip = client_ip[len("::ffff:"):]
-        self.services.metrics.incr("connections")
+        self.backends.metrics.incr("connections")
         if self.config.server.proxy_protocol and not is_trusted(self.config, client_ip):
             log.warning("refusing %s: PROXY protocol is only accepted from trusted_networks",
                         client_ip)
@@ -272,8 +271,8 @@ class Worker(ChannelHost):
 
     def open_session(self, channel: Channel, peer: Peer) -> Session:
         session_id = f"{session_prefix(os.getpid())}{next(self._ids)}"
-        services = Services(maildrop=self.services.maildrop, registry=self.services.registry,
-                            metrics=self.services.metrics)
+        services = Services(maildrop=self.backends.maildrop, registry=self.backends.registry,
+                            metrics=self.backends.metrics)
         return Session(self.settings, services, peer, session_id=session_id)
 
     def submit_login(self, channel: Channel, login: Authenticate) -> None:
@@ -282,7 +281,7 @@ class Worker(ChannelHost):
         future.add_done_callback(lambda done: self._job_done(channel, done))
 
     def _login_job(self, login: Authenticate) -> LoginGrant:
-        return login.run(self.services.authenticator, self.services.thread_maildrop())
+        return login.run(self.backends.authenticator, self.backends.thread_maildrop())
 
     def _job_done(self, channel: Channel, future: Future[LoginGrant]) -> None:
         # Runs on a pool thread: hand over to the loop and wake it.
@@ -290,7 +289,7 @@ class Worker(ChannelHost):
         self._wakeup.job_done()
 
     def count(self, metric: str) -> None:
-        self.services.metrics.incr(metric)
+        self.backends.metrics.incr(metric)
 
     def hold_until(self, channel: Channel, when: float) -> None:
         heapq.heappush(self._holds, (when, next(self._hold_order), channel))
