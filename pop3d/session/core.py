@@ -7,8 +7,9 @@ what each command means: login (USER/PASS and SASL share one path to the authent
 per-user registry slot, the maildrop snapshot and its DELE marks, UPDATE on QUIT, and the log
 lines and metrics of the session.  Store, registry and authenticator errors become replies
 through their ``.reply``; any other exception in a command is logged and answered with
-``-ERR Internal server error``.  The login commands, their refusals and budgets are in
-:mod:`pop3d.session.login`.
+``-ERR Internal server error``.  The state before login (USER, SASL, the attempt, refusals and
+budgets) is an :class:`~pop3d.session.authorization.Authorization` the session consults; the
+session keeps dispatch, logging in, TRANSACTION and QUIT/UPDATE.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, NamedTuple
 
-from pop3d.errors import Pop3dError
-from pop3d.ports import Credentials, MessageInfo, Principal
-from pop3d.protocol import Connection, LocalProtocolError, Pending, SaslExchange, State
+from pop3d.errors import InUse, Pop3dError
+from pop3d.ports import MessageInfo, Principal
+from pop3d.protocol import Connection, LocalProtocolError, Pending, State
 from pop3d.protocol import events as ev
 from pop3d.protocol.states import LEGAL, capabilities
-from pop3d.session.login import HandlerResult, LoginCommands, loggable_user
+from pop3d.session.authorization import Authorization, Outcome, Refusal, loggable_user
 from pop3d.session.mailbox import Mailbox
 from pop3d.session.values import (
     Authenticate,
@@ -44,6 +45,7 @@ INTERNAL_ERROR = "Internal server error"
 _NOOP = ev.Ok()
 _PASSED_THROUGH = (Authenticate, Send)  # a tuple: isinstance on one is twice a union's speed
 
+HandlerResult = Outcome | Send  # a reply, an effect for the worker, or a refusal to send later
 _Handler = Callable[["Session", Any], HandlerResult]
 
 
@@ -54,11 +56,8 @@ _Handler = Callable[["Session", Any], HandlerResult]
 _TIMED = frozenset({ev.Retr, ev.Top, ev.Quit})
 
 
-class Session(LoginCommands):
+class Session:
     """One client's POP3 session, driven by the worker through bytes and effects."""
-
-    # event type -> (handler, counter, timer); SASL lines and errors have no fixed names
-    _ROUTES: ClassVar[dict[type[ev.Event], tuple[_Handler, str | None, str | None]]]
 
     def __init__(
         self, settings: SessionSettings, services: Services, peer: Peer, session_id: str
@@ -68,15 +67,9 @@ class Session(LoginCommands):
         self._metrics, self._clock = services.metrics, services.clock
         self._conn = Connection(settings.line_length)
         self._started = self._clock()
-        self._tls = peer.tls
-        self._username: str | None = None  # from USER, until PASS
-        self._sasl: SaslExchange | None = None
-        self._attempt: Credentials | None = None  # while an Authenticate is outstanding
-        self._attempt_started = 0.0
-        self._failed_logins = 0
+        self._authz = Authorization(settings, peer, self._metrics, self._clock)
         self._principal: Principal | None = None
         self._box: Mailbox | None = None
-        self._bad_commands = 0
         self._streaming = False  # a RETR/TOP body is still being pulled
         self._end_reason: str | None = None
         self._finished = False
@@ -117,9 +110,7 @@ class Session(LoginCommands):
     def login_done(self, result: LoginGrant | Exception) -> Send:
         """The outcome of the Authenticate effect: what ``Authenticate.run`` returned, or the
         error it raised."""
-        attempt, self._attempt = self._attempt, None
-        if attempt is None:
-            raise LocalProtocolError("login_done() without an outstanding Authenticate")
+        attempt = self._authz.finish()
         if self._finished:
             return Send(b"", close=True)
         if isinstance(result, LoginGrant):
@@ -133,13 +124,13 @@ class Session(LoginCommands):
             loggable_user(attempt.username), attempt.mechanism, attempt.client_ip, self._id,
             result.reply if isinstance(result, Pop3dError) else type(result).__name__,
         )  # fmt: skip
-        return self._refuse(ev.Err(self._reply_for(result, "authentication")))
+        reply = ev.Err(self._reply_for(result, "authentication"))
+        return self._refusal(self._authz.refuse(reply))
 
     def tls_started(self) -> None:
         """The STLS handshake succeeded: drop what was buffered before it, forget USER."""
         self._conn.tls_started()
-        self._tls = True
-        self._username = None
+        self._authz.tls_started()
 
     def close(self, reason: str = "closed") -> None:
         """End the session without UPDATE (EOF, timeout, shutdown); safe to call again."""
@@ -148,15 +139,13 @@ class Session(LoginCommands):
     # -- dispatch -------------------------------------------------------------------------------
 
     def _dispatch(self, event: ev.Event) -> HandlerResult:
-        handler, counter, timer = self._ROUTES[type(event)]
+        handler, counter, timer = _ROUTES[type(event)]
         started = self._clock() if timer is not None else 0.0
-        strikes = self._bad_commands
         try:
             result = handler(self, event)
         except Exception as error:
             result = ev.Err(self._reply_for(error, type(event).__name__))
-        if self._bad_commands == strikes:
-            self._bad_commands = 0  # the budget is for consecutive bad commands
+        self._authz.end_command()
         if counter is None and isinstance(event, ev.BadCommand):
             counter = f"commands.{(event.verb or 'unknown').lower()}"
         if counter is not None:
@@ -173,8 +162,10 @@ class Session(LoginCommands):
         return INTERNAL_ERROR
 
     def _effect(self, result: HandlerResult) -> Effect:
-        if isinstance(result, _PASSED_THROUGH):  # an effect already (a login, a refusal)
+        if isinstance(result, _PASSED_THROUGH):  # an effect already (a login job)
             return result
+        if isinstance(result, Refusal):
+            return self._refusal(result)
         if isinstance(result, ev.Body):
             return self._send(self._conn.send_stream(result))
         data = self._conn.send(result)
@@ -188,11 +179,16 @@ class Session(LoginCommands):
     def _send(self, data: bytes | Iterator[bytes], delay: float = 0.0) -> Send:
         state = self._conn.state
         if state is not State.SASL:
-            self._sasl = None
+            self._authz.sasl_over()
         if self._end_reason is None and state is not State.CLOSED:
             return Send(data, delay)
         self._finish(self._end_reason or "closed")
         return Send(data, delay, close=True)
+
+    def _refusal(self, refusal: Refusal) -> Send:
+        if refusal.closing is not None:
+            self._end_reason = refusal.closing
+        return self._send(self._conn.send(refusal.reply), refusal.delay)
 
     def _finish(self, reason: str) -> None:
         if self._finished:
@@ -216,36 +212,46 @@ class Session(LoginCommands):
         except Exception as error:
             log.warning("session %s: registry release failed: %s", self._id, error)
 
-    # -- AUTHORIZATION (the login commands: pop3d.session.login) -----------------------------------
+    # -- logging in ----------------------------------------------------------------------------
+
+    def _log_in(self, grant: LoginGrant, mechanism: str) -> ev.Reply:
+        principal = grant.principal
+        limit = self._settings.max_connections_per_user
+        if not self._registry.acquire(principal.user_id, self._id, limit):
+            self._metrics.incr("in_use")
+            return ev.Err(InUse.reply)
+        self._principal, self._box = principal, Mailbox(principal.user_id, grant.messages)
+        log.info(
+            "login user=%s method=%s ip=%s tls=%s session=%s",
+            principal.address, mechanism, self._peer.client_ip,
+            "yes" if self._authz.tls else "no", self._id,
+        )  # fmt: skip
+        count, size = self._box.totals()
+        return ev.Ok(f"Logged in, {count} messages ({size} octets)")
+
+    # -- commands in both states ---------------------------------------------------------------
 
     def _capa(self, event: ev.Capa) -> ev.Reply:
         lines = capabilities(
             logged_in=self._box is not None,
-            plaintext_ok=self._plaintext_ok(),
-            stls=self._peer.stls_available and not self._tls,
+            plaintext_ok=self._authz.plaintext_ok(),
+            stls=self._peer.stls_available and not self._authz.tls,
             login_delay=self._settings.login_delay,
             implementation=self._settings.implementation,
         )
         return ev.MultiLine("Capability list follows", lines)
 
-    def _stls(self, event: ev.Stls) -> ev.Reply:
-        if self._tls:
-            return ev.Err("Already using TLS")
-        if not self._peer.stls_available:
-            return ev.Err("STLS is not available on this connection")
-        return ev.Ok("Begin TLS negotiation")
-
-    def _utf8(self, event: ev.Utf8) -> ev.Reply:
-        return ev.Ok("UTF-8 enabled")  # RFC 6856 §3: we never downgrade, so nothing changes
-
-    def _bad_command(self, event: ev.BadCommand) -> ev.Reply:
-        return self._strike(event.reason)
+    def _bad_command(self, event: ev.BadCommand) -> ev.Reply | Refusal:
+        if self._box is not None:
+            return ev.Err(event.reason)  # after login the budget no longer applies
+        return self._authz.strike(event.reason)
 
     def _line_too_long(self, event: ev.LineTooLong) -> ev.Reply:
         self._end_reason = "line too long"
         return ev.Err(event.reason)
 
     def _quit(self, event: ev.Quit) -> ev.Reply:
+        """QUIT: in TRANSACTION, UPDATE (the DELE marks, atomically) before the farewell."""
         self._end_reason = "quit"
         farewell = f"{self._settings.server_name} POP3 server signing off"
         box = self._box
@@ -262,6 +268,33 @@ class Session(LoginCommands):
         self._counters.dele = len(doomed)
         self._counters.dele_bytes = sum(message.size for message in doomed)
         return ev.Ok(f"{farewell} ({len(doomed)} messages deleted)")
+
+    # -- AUTHORIZATION: the login commands belong to the Authorization -------------------------
+
+    def _user(self, event: ev.User) -> Outcome:
+        return self._authz.user(event)
+
+    def _pass(self, event: ev.Pass) -> Outcome:
+        return self._authz.pass_(event)
+
+    def _auth(self, event: ev.Auth) -> Outcome:
+        return self._authz.auth(event)
+
+    def _sasl_response(self, event: ev.SaslResponse) -> Outcome:
+        return self._authz.sasl_response(event)
+
+    def _sasl_cancel(self, event: ev.SaslCancel) -> Outcome:
+        return self._authz.sasl_cancel(event)
+
+    def _stls(self, event: ev.Stls) -> ev.Reply:
+        if self._authz.tls:
+            return ev.Err("Already using TLS")
+        if not self._peer.stls_available:
+            return ev.Err("STLS is not available on this connection")
+        return ev.Ok("Begin TLS negotiation")
+
+    def _utf8(self, event: ev.Utf8) -> ev.Reply:
+        return ev.Ok("UTF-8 enabled")  # RFC 6856 §3: we never downgrade, so nothing changes
 
     # -- TRANSACTION ----------------------------------------------------------------------------
 
@@ -357,6 +390,19 @@ class Session(LoginCommands):
         self._metrics.incr("bytes.sent", sent)
 
 
+class Route(NamedTuple):
+    handler: _Handler
+    counter: str | None  # commands.<verb>; SASL lines and errors have no fixed name
+    timer: str | None  # command.<verb>, for the commands that wait on the store
+
+
+def _route(event: type[ev.Event], handler: _Handler) -> Route:
+    name = event.__name__.lower()
+    counted = event in LEGAL[State.AUTHORIZATION] | LEGAL[State.TRANSACTION]
+    return Route(handler, f"commands.{name}" if counted else None,
+                 f"command.{name}" if event in _TIMED else None)
+
+
 _HANDLERS: dict[type[ev.Event], _Handler] = {
     ev.Capa: Session._capa,
     ev.User: Session._user,
@@ -378,12 +424,7 @@ _HANDLERS: dict[type[ev.Event], _Handler] = {
     ev.BadCommand: Session._bad_command,
     ev.LineTooLong: Session._line_too_long,
 }
-_COMMANDS = LEGAL[State.AUTHORIZATION] | LEGAL[State.TRANSACTION]
-Session._ROUTES = {
-    event: (
-        handler,
-        f"commands.{event.__name__.lower()}" if event in _COMMANDS else None,
-        f"command.{event.__name__.lower()}" if event in _TIMED else None,
-    )
-    for event, handler in _HANDLERS.items()
+# event type -> how to handle, count and time it; read by Session._dispatch
+_ROUTES: dict[type[ev.Event], Route] = {
+    event: _route(event, handler) for event, handler in _HANDLERS.items()
 }
