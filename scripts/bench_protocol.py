@@ -39,7 +39,7 @@ from pop3d.session import (
 )
 
 CHUNK = 64 * 1024
-READ_SIZE = 64 * 1024  # one recv of the worker (pop3d/channel.py)
+READ_SIZE = 64 * 1024  # one recv of the worker (pop3d/worker/channel.py)
 USER = "u-bench"
 
 

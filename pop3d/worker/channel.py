@@ -4,7 +4,12 @@ Theory of operation.  A channel goes through up to three phases: PROXY (read a P
 header, peeking so no byte after it is consumed), HANDSHAKE (a non-blocking TLS handshake, for
 implicit TLS at once and for STLS after the ``+OK`` is flushed) and SESSION (bytes in, session
 effects out).  The worker's selector tells the channel when its socket is readable or writable;
-the channel answers with the events it wants next (:attr:`interest`).
+the channel answers with the events it wants next (:attr:`interest`), and tells the worker when
+it has outstayed its welcome (:meth:`expired`).
+
+A channel is built with what it needs (:class:`ChannelSetup`: a session factory, the TLS
+context, the metrics port, a clock and the limits); the worker, as its :class:`ChannelHost`,
+only runs logins on its thread pool, wakes held replies up on time and forgets closed channels.
 
 Back-pressure: the channel asks the session for the next effect only while nothing is pending
 (no authentication running, no held reply, no STLS in flight, no body still streaming) and its
@@ -21,11 +26,13 @@ import selectors
 import socket
 import ssl
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
+from pop3d.ports import Metrics
 from pop3d.protocol.proxy import ProxyHeaderParser
-from pop3d.session import Authenticate, Effect, LoginGrant, Peer, Send, Session, StartTls
+from pop3d.session import Authenticate, Effect, LoginGrant, Send, Session, StartTls
 
 log = logging.getLogger(__name__)
 
@@ -43,51 +50,76 @@ class Phase(enum.Enum):
 
 
 class ChannelHost(Protocol):
-    """What a channel needs from its worker."""
+    """What only the worker can do for a channel."""
 
-    tls_context: ssl.SSLContext | None
+    def submit_login(self, channel: Channel, login: Authenticate) -> None:
+        """Run the login job off the loop; call :meth:`Channel.on_login_done` when it is over."""
 
-    def now(self) -> float: ...
+    def hold_until(self, channel: Channel, when: float) -> None:
+        """Call :meth:`Channel.on_hold_expired` once the clock reaches ``when``."""
 
-    def open_session(self, channel: Channel, peer: Peer) -> Session: ...
+    def closed(self, channel: Channel, reason: str) -> None:
+        """The channel is closing: forget it (its socket is still open, for the selector)."""
 
-    def peer_for(self, client_ip: str, tls: bool, *, known_source: bool) -> Peer: ...
 
-    def submit_login(self, channel: Channel, login: Authenticate) -> None: ...
+class SessionFactory(Protocol):
+    """A new session for a client; ``known_source`` is False when a PROXY header named no
+    client, so ``client_ip`` is the proxy's own address and earns no trust."""
 
-    def hold_until(self, channel: Channel, when: float) -> None: ...
+    def __call__(self, client_ip: str, *, tls: bool, known_source: bool) -> Session: ...
 
-    def count(self, metric: str) -> None: ...
 
-    def channel_closed(self, channel: Channel, reason: str) -> None: ...
+@dataclass(frozen=True, slots=True)
+class ChannelLimits:
+    """Seconds a channel may spend in each phase before the worker closes it."""
+
+    proxy_timeout: float = 5.0  # for the PROXY header
+    handshake_timeout: float = 30.0  # for a TLS handshake
+    login_timeout: float = 60.0  # without a command, before login
+    idle_timeout: float = 600.0  # without a command, after login (RFC 1939: at least 600)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSetup:
+    """What every channel of a worker is built with."""
+
+    host: ChannelHost
+    open_session: SessionFactory
+    tls_context: ssl.SSLContext | None  # None: no certificate, so no implicit TLS and no STLS
+    metrics: Metrics
+    clock: Callable[[], float]  # monotonic seconds
+    limits: ChannelLimits
+    proxy: bool = False  # every connection starts with a PROXY header
 
 
 class Channel:
     """A client connection; every method is called from the worker's loop thread only."""
 
-    def __init__(self, host: ChannelHost, sock: socket.socket, client_ip: str, *,
-                 implicit_tls: bool, proxy: bool) -> None:
-        self.host = host
+    def __init__(self, setup: ChannelSetup, sock: socket.socket, client_ip: str, *,
+                 implicit_tls: bool) -> None:
+        self.host = setup.host
+        self._setup = setup
+        self._clock = setup.clock
         self.sock: socket.socket = sock
         self.client_ip = client_ip
         self.implicit_tls = implicit_tls
         self.session: Session | None = None
-        self.phase_started = host.now()
-        self.last_activity = self.phase_started
+        self._phase_started = self._clock()
+        self._last_activity = self._phase_started
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
         self._stream: Iterator[bytes] | None = None
         self._held: Send | None = None
         self._awaiting_auth = False
         self._tls_after_flush = False
-        self._close_after_flush = False
+        self._close_after_flush: str | None = None  # why the channel closes once flushed
         self._handshake_wants = selectors.EVENT_READ
-        self._proxy = ProxyHeaderParser() if proxy else None
+        self._proxy = ProxyHeaderParser() if setup.proxy else None
         self._proxy_seen = b""
         # False when a PROXY header named no client (v1 UNKNOWN, v2 LOCAL): then client_ip is
         # the proxy's own address, which must not earn the trust of trusted_networks.
         self._known_source = True
-        self.phase = Phase.PROXY if proxy else Phase.HANDSHAKE
+        self.phase = Phase.PROXY if setup.proxy else Phase.HANDSHAKE
 
     def start(self) -> None:
         """Greet, or begin the implicit-TLS handshake; with PROXY, wait for its header first.
@@ -121,6 +153,21 @@ class Channel:
         idle timeouts do not apply."""
         return self._awaiting_auth or self._held is not None
 
+    def expired(self, now: float) -> str | None:
+        """Why the channel has been in its phase too long and must close, or None."""
+        limits = self._setup.limits
+        waited = now - self._phase_started
+        if self.phase is Phase.PROXY and waited > limits.proxy_timeout:
+            return "PROXY header timeout"
+        if self.phase is Phase.HANDSHAKE and waited > limits.handshake_timeout:
+            return "TLS handshake timeout"
+        if self.phase is not Phase.SESSION or self.waiting:
+            return None
+        idle = limits.idle_timeout if self.authenticated else limits.login_timeout
+        if now - self._last_activity <= idle:
+            return None
+        return "idle timeout" if self.authenticated else "login timeout"
+
     def on_event(self, mask: int) -> None:
         """The socket is readable and/or writable."""
         if self.phase is Phase.PROXY:
@@ -135,7 +182,7 @@ class Channel:
     def on_login_done(self, outcome: LoginGrant | Exception) -> None:
         """The login finished on the thread pool; back on the loop now."""
         self._awaiting_auth = False
-        self.last_activity = self.host.now()
+        self._last_activity = self._clock()
         if self.session is not None and self.phase is Phase.SESSION:
             self._apply(self.session.login_done(outcome))
             self._progress()
@@ -143,7 +190,7 @@ class Channel:
     def on_hold_expired(self) -> None:
         """A delayed reply (authentication failure) may go out now."""
         held, self._held = self._held, None
-        self.last_activity = self.host.now()
+        self._last_activity = self._clock()
         if held is not None and self.phase is Phase.SESSION:
             self._queue(held)
             self._progress()
@@ -163,7 +210,7 @@ class Channel:
             # in the selector (after STLS the registered object is the pre-TLS socket), and a
             # stale entry would capture the next connection that gets the same fd number.
             try:
-                self.host.channel_closed(self, reason)
+                self.host.closed(self, reason)
             finally:
                 self.sock.close()
 
@@ -198,7 +245,7 @@ class Channel:
             self._after_proxy()
 
     def _after_proxy(self) -> None:
-        self.phase_started = self.host.now()
+        self._phase_started = self._clock()
         if self.implicit_tls:
             self._start_handshake()
         else:
@@ -208,12 +255,12 @@ class Channel:
     # --- TLS --------------------------------------------------------------------------------
 
     def _start_handshake(self) -> None:
-        context = self.host.tls_context
+        context = self._setup.tls_context
         if context is None:
             self.close("TLS requested but no certificate is configured")
             return
         self.phase = Phase.HANDSHAKE
-        self.phase_started = self.host.now()
+        self._phase_started = self._clock()
         try:
             self.sock = context.wrap_socket(self.sock, server_side=True,
                                             do_handshake_on_connect=False)
@@ -233,10 +280,10 @@ class Channel:
             self._handshake_wants = selectors.EVENT_WRITE
             return
         except (ssl.SSLError, OSError) as exc:
-            self.host.count("tls.failures")
+            self._setup.metrics.incr("tls.failures")
             self.close(f"TLS handshake failed: {_reason(exc)}")
             return
-        self.host.count("tls.handshakes")
+        self._setup.metrics.incr("tls.handshakes")
         if self.session is None:
             self._open_session(tls=True)
         else:
@@ -248,9 +295,9 @@ class Channel:
 
     def _open_session(self, *, tls: bool) -> None:
         self.phase = Phase.SESSION
-        self.last_activity = self.host.now()
-        peer = self.host.peer_for(self.client_ip, tls, known_source=self._known_source)
-        self.session = self.host.open_session(self, peer)
+        self._last_activity = self._clock()
+        self.session = self._setup.open_session(self.client_ip, tls=tls,
+                                                known_source=self._known_source)
         self._append(self.session.greeting())
 
     def _ready_for_input(self) -> bool:
@@ -267,7 +314,7 @@ class Channel:
             if self.phase is not Phase.SESSION or self._out:
                 return
             if self._close_after_flush:
-                self.close("session ended")
+                self.close(self._close_after_flush)
                 return
             if self._tls_after_flush:
                 self._tls_after_flush = False
@@ -292,7 +339,7 @@ class Channel:
             if effect is None:
                 return True
             # Idle means "no command": a client dripping bytes that never make a line is idle.
-            self.last_activity = self.host.now()
+            self._last_activity = self._clock()
             self._apply(effect)
         return False
 
@@ -300,7 +347,7 @@ class Channel:
         if isinstance(effect, Send):
             if effect.delay > 0:
                 self._held = effect
-                self.host.hold_until(self, self.host.now() + effect.delay)
+                self.host.hold_until(self, self._clock() + effect.delay)
             else:
                 self._queue(effect)
         elif isinstance(effect, StartTls):
@@ -316,11 +363,13 @@ class Channel:
         else:
             self._stream = iter(send.data)
             self._fill_from_stream()
-        self._close_after_flush = send.close
+        if send.close:
+            self._close_after_flush = "session ended"
 
     def _fill_from_stream(self) -> None:
-        """Pull body chunks while there is room; a store failure mid-body ends the connection
-        (the client has seen ``+OK`` and part of the body: no ``-ERR`` can follow)."""
+        """Pull body chunks while there is room.  A store failure mid-body ends the connection
+        once what is queued has gone out: the client has seen ``+OK`` and part of the body, so
+        no ``-ERR`` can follow, and the missing terminator tells it the body is incomplete."""
         while self._stream is not None and self._out_bytes < HIGH_WATER:
             try:
                 chunk = next(self._stream)
@@ -329,8 +378,8 @@ class Channel:
             except Exception as exc:  # any failure of the store, translated or not
                 log.warning("closing %s: message body failed mid-stream: %s",
                             self.client_ip, _reason(exc))
-                self.close("message body failed mid-stream")
-                return
+                self._stream = None
+                self._close_after_flush = "message body failed mid-stream"
             else:
                 self._append(chunk)
 
@@ -372,7 +421,7 @@ class Channel:
             except (ssl.SSLError, OSError) as exc:
                 self.close(f"write failed: {_reason(exc)}")
                 return
-            self.last_activity = self.host.now()
+            self._last_activity = self._clock()
             self._out_bytes -= sent
             if sent == len(head):
                 self._out.popleft()

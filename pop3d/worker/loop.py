@@ -43,7 +43,7 @@ from pop3d.handoff import EXIT_OK, EXIT_WORKER_BOOT_ERROR, Listener
 from pop3d.heartbeat import Heartbeat
 from pop3d.session import Authenticate, LoginGrant, Peer, Services, Session, SessionSettings
 from pop3d.worker.backends import Backends, build_backends, session_prefix
-from pop3d.worker.channel import Channel, ChannelHost, Phase
+from pop3d.worker.channel import Channel, ChannelHost, ChannelLimits, ChannelSetup
 from pop3d.worker.wakeup import FAST_SIGNALS, Wakeup
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,10 @@ class Worker(ChannelHost):
         self.backends: Backends = build_backends(self.config)
         self.pool = ThreadPoolExecutor(self.config.auth.threads, thread_name_prefix="auth")
         self.settings = session_settings(self.config)
+        self.channel_setup = ChannelSetup(
+            host=self, open_session=self._open_session, tls_context=self.tls_context,
+            metrics=self.backends.metrics, clock=time.monotonic,
+            limits=channel_limits(self.config), proxy=self.config.server.proxy_protocol)
         self._set_accepting(True)
         self.heartbeat.beat(0)
         log.info("worker %d serving (pid %d)", self.age, os.getpid())
@@ -207,8 +211,7 @@ class Worker(ChannelHost):
             sock.close()
             return
         channel = self._guard(lambda: Channel(
-            self, sock, client_ip, implicit_tls=listener.tls,
-            proxy=self.config.server.proxy_protocol), sock)
+            self.channel_setup, sock, client_ip, implicit_tls=listener.tls), sock)
         if channel is not None:
             self.channels.add(channel)
             self._run(channel, channel.start)
@@ -256,24 +259,20 @@ class Worker(ChannelHost):
             channel.close(reason)
         except Exception:
             log.exception("closing the connection from %s failed", channel.client_ip)
-            self.channel_closed(channel, reason)
+            self.closed(channel, reason)
 
-    # --- ChannelHost ------------------------------------------------------------------------
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    def peer_for(self, client_ip: str, tls: bool, *, known_source: bool) -> Peer:
+    def _open_session(self, client_ip: str, *, tls: bool, known_source: bool) -> Session:
+        """The channels' session factory: the peer's policy comes from the configuration."""
         trusted = known_source and is_trusted(self.config, client_ip)
-        return Peer(client_ip=client_ip, tls=tls,
+        peer = Peer(client_ip=client_ip, tls=tls,
                     plaintext_ok=trusted or self.config.auth.allow_plaintext,
                     stls_available=self.tls_context is not None and not tls)
-
-    def open_session(self, channel: Channel, peer: Peer) -> Session:
         session_id = f"{session_prefix(os.getpid())}{next(self._ids)}"
         services = Services(maildrop=self.backends.maildrop, registry=self.backends.registry,
                             metrics=self.backends.metrics)
         return Session(self.settings, services, peer, session_id=session_id)
+
+    # --- ChannelHost ------------------------------------------------------------------------
 
     def submit_login(self, channel: Channel, login: Authenticate) -> None:
         # bcrypt and the snapshot query run on the pool, each thread with its own connection.
@@ -288,13 +287,10 @@ class Worker(ChannelHost):
         self._done_jobs.append((channel, future))
         self._wakeup.job_done()
 
-    def count(self, metric: str) -> None:
-        self.backends.metrics.incr(metric)
-
     def hold_until(self, channel: Channel, when: float) -> None:
         heapq.heappush(self._holds, (when, next(self._hold_order), channel))
 
-    def channel_closed(self, channel: Channel, reason: str) -> None:
+    def closed(self, channel: Channel, reason: str) -> None:
         if channel not in self.channels:
             return
         self.channels.discard(channel)
@@ -320,23 +316,10 @@ class Worker(ChannelHost):
 
     def _expire_idle(self, now: float) -> None:
         for channel in list(self.channels):
-            reason = self._timeout_reason(channel, now)
+            reason = channel.expired(now)
             if reason:
                 log.info("closing connection from %s: %s", channel.client_ip, reason)
                 self._run_close(channel, reason)
-
-    def _timeout_reason(self, channel: Channel, now: float) -> str:
-        limits = self.config.limits
-        waited = now - channel.phase_started
-        if channel.phase is Phase.PROXY and waited > self.config.server.proxy_timeout:
-            return "PROXY header timeout"
-        if channel.phase is Phase.HANDSHAKE and waited > self.config.tls.handshake_timeout:
-            return "TLS handshake timeout"
-        idle = limits.idle_timeout if channel.authenticated else limits.login_timeout
-        if channel.phase is Phase.SESSION and not channel.waiting \
-                and now - channel.last_activity > idle:
-            return "idle timeout" if channel.authenticated else "login timeout"
-        return ""
 
     # --- signals ----------------------------------------------------------------------------
 
@@ -389,6 +372,15 @@ def build_tls_context(config: Config) -> ssl.SSLContext | None:
     context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
     context.load_cert_chain(config.tls.cert, config.tls.key)
     return context
+
+
+def channel_limits(config: Config) -> ChannelLimits:
+    return ChannelLimits(
+        proxy_timeout=config.server.proxy_timeout,
+        handshake_timeout=config.tls.handshake_timeout,
+        login_timeout=config.limits.login_timeout,
+        idle_timeout=config.limits.idle_timeout,
+    )
 
 
 def session_settings(config: Config) -> SessionSettings:

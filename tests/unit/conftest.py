@@ -9,6 +9,8 @@ import pytest
 
 from pop3d import log as log_module
 
+from .channel_rig import close_rigs
+
 
 @pytest.fixture
 def isolated_pop3d_logging() -> Iterator[None]:
@@ -21,3 +23,10 @@ def isolated_pop3d_logging() -> Iterator[None]:
     for handler in logger.handlers:
         handler.close()
     logger.handlers, logger.level, logger.propagate = saved
+
+
+@pytest.fixture(autouse=True)
+def _close_channel_rigs() -> Iterator[None]:
+    """Every channel a test put on a socket pair is closed, both ends, when the test is over."""
+    yield
+    close_rigs()

@@ -234,7 +234,8 @@ def test_login_and_logout_are_logged_without_secrets(caplog: pytest.LogCaptureFi
     assert logins == [f"login user={ADDRESS} method=PLAIN ip=203.0.113.5 tls=yes session=test:1"]
     logouts = [m for m in messages if m.startswith("logout ")]
     assert logouts == [
-        f"logout user={ADDRESS} reason=quit retr=1/22 top=0/0 dele=1/22 duration=12.500"
+        # 2 s waiting out the failed login's delay, then 12.5 s logged in
+        f"logout user={ADDRESS} reason=quit retr=1/22 top=0/0 dele=1/22 duration=14.500"
         " session=test:1"
     ]
     assert any("login failed" in m and "'alice@example.com'" in m for m in messages)
@@ -254,7 +255,7 @@ def test_buffered_reports_unparsed_input() -> None:
     harness = Harness()
     harness.session.feed(b"CAPA\r\nNOO")
     assert harness.session.buffered == 9
-    harness.pump()
+    assert harness.session.next_effect() is not None
     assert harness.session.buffered == 3
 
 
@@ -303,8 +304,7 @@ def test_failed_login_lines_show_addresses_only(
     username: str, logged: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     harness = Harness()
-    harness.session.feed(f"USER {username}\r\n".encode())
-    harness.pump()
+    harness.feed(f"USER {username}\r\n".encode())
     with caplog.at_level(logging.INFO, logger="pop3d.session"):
         harness.feed(b"PASS wrong-key\r\n")
     [line] = [r.getMessage() for r in caplog.records if "login failed" in r.getMessage()]

@@ -1,4 +1,5 @@
-"""Drive a Session over in-memory fakes, and run ``tests/transcripts/*.pop3`` files through it.
+"""Drive a Session over in-memory fakes through a real channel, and run the
+``tests/transcripts/*.pop3`` files through it.
 
 Transcript format, one directive per line (blank lines and lines starting with ``#`` are
 ignored):
@@ -19,8 +20,8 @@ ignored):
 ``CLOSE``
     The server closes the connection after the output so far.
 ``TLS``
-    The server answers with StartTls after the output so far; the runner completes the
-    handshake (``session.tls_started()``).
+    The server starts TLS after the output so far; the runner's client completes the
+    handshake, and later client lines go over TLS.
 ``@peer key=value ...``
     Peer flags: ``tls``, ``plaintext_ok``, ``stls`` (yes/no) and ``ip``.  Default: no TLS,
     plaintext login allowed (a trusted network), STLS available, ip 192.0.2.7.
@@ -51,7 +52,9 @@ ignored):
 Every transcript is run three ways (see MODES): each client line fed whole, one byte at a
 time, and all client lines pipelined in one buffer (split only at TLS handshakes, since a
 client cannot send ciphertext before the handshake).  The server output must be identical.
-Before the run ``session.greeting()`` is sent; after it ``session.close()`` is called.
+The session sits behind a real channel on a socket pair (``channel_rig.py``), so the channel
+code the worker runs carries out every effect: TLS is a real handshake, a delayed reply waits
+for the fake clock.  After the run the channel is closed.
 """
 
 from __future__ import annotations
@@ -73,15 +76,17 @@ from pop3d.errors import (
 from pop3d.ports import Principal
 from pop3d.session import (
     Authenticate,
+    Effect,
     LoginGrant,
     Peer,
     Send,
     Services,
     Session,
     SessionSettings,
-    StartTls,
 )
+from pop3d.worker.channel import Phase
 
+from .channel_rig import Rig
 from .fakes import (
     FakeAuthenticator,
     FakeClock,
@@ -137,8 +142,44 @@ TLS = "TLS"
 Item = Line | str  # a line, CLOSE or TLS
 
 
+class RecordingSession(Session):
+    """A Session that remembers every effect it hands out, and the bytes of each reply."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.effects: list[Effect] = []
+        self.payloads: list[bytearray] = []  # one per Send and StartTls, filled as sent
+
+    def next_effect(self) -> Effect | None:
+        effect = super().next_effect()
+        return None if effect is None else self._recorded(effect)
+
+    def login_done(self, result: LoginGrant | Exception) -> Send:
+        send = self._recorded(super().login_done(result))
+        assert isinstance(send, Send)
+        return send
+
+    def _recorded(self, effect: Effect) -> Effect:
+        self.effects.append(effect)
+        if isinstance(effect, Authenticate):
+            return effect
+        payload = bytearray()
+        self.payloads.append(payload)
+        if isinstance(effect.data, bytes | bytearray | memoryview):
+            payload += effect.data
+            return effect
+        return replace(effect, data=_tee(effect.data, payload))
+
+
+def _tee(chunks: Iterator[bytes], copy: bytearray) -> Iterator[bytes]:
+    for chunk in chunks:
+        copy += chunk
+        yield chunk
+
+
 class Harness:
-    """A Session over fakes, carrying out its effects the way the worker would."""
+    """A Session over fakes, behind a real channel on a socket pair: every effect is carried
+    out by the channel code the worker runs (see channel_rig.py)."""
 
     def __init__(
         self,
@@ -156,42 +197,57 @@ class Harness:
         self.principal: Principal = self.authenticator.add_user(ADDRESS, password, USER_ID)
         self.settings = settings or SessionSettings(server_name=SERVER_NAME)
         self.peer = peer or Peer("192.0.2.7", tls=False, plaintext_ok=True, stls_available=True)
-        self.complete_tls = True
-        self.items: list[Item] = []
-        self.effects: list[Any] = []
-        self.payloads: list[bytes] = []  # the bytes of each Send and StartTls, drained
-        self.session = self._new_session()
-
-    def _new_session(self) -> Session:
         services = Services(self.maildrop, self.registry, self.metrics, clock=self.clock)
-        session = Session(self.settings, services, self.peer, session_id="test:1")
-        self._record(session.greeting(), 0.0)
-        return session
+        self.session = RecordingSession(self.settings, services, self.peer, session_id="test:1")
+        self.items: list[Item] = []
+        self._partial = bytearray()  # received, not yet a whole line
+        self.rig = Rig(self._open_session, login=self._authenticate, clock=self.clock)
+        self._settle()
+
+    @property
+    def effects(self) -> list[Effect]:
+        return self.session.effects
+
+    @property
+    def payloads(self) -> list[bytes]:
+        return [bytes(payload) for payload in self.session.payloads]
+
+    def _open_session(self, client_ip: str, *, tls: bool, known_source: bool) -> Session:
+        return self.session  # the transcript's peer flags, whatever the channel's
 
     def feed(self, data: bytes) -> None:
-        self.session.feed(data)
-        self.pump()
+        """Client bytes in; everything the server answers, held replies included, collected."""
+        if self.rig.channel.phase is Phase.CLOSED:
+            return
+        self.rig.send(data)
+        self._settle()
 
-    def pump(self) -> None:
-        while (effect := self.session.next_effect()) is not None:
-            self.carry_out(effect)
+    def close(self, reason: str = "end of transcript") -> None:
+        self.rig.channel.close(reason)
 
-    def carry_out(self, effect: Send | StartTls | Authenticate) -> None:
-        self.effects.append(effect)
-        if isinstance(effect, Authenticate):
-            self.carry_out(self.session.login_done(self._authenticate(effect)))
-        elif isinstance(effect, StartTls):
-            self.payloads.append(effect.data)
-            self._record(effect.data, 0.0)
-            self.items.append(TLS)
-            if self.complete_tls:
-                self.session.tls_started()
-        else:
-            data = effect.data if isinstance(effect.data, bytes) else b"".join(effect.data)
-            self.payloads.append(data)
-            self._record(data, effect.delay)
-            if effect.close:
-                self.items.append(CLOSE)
+    def _settle(self) -> None:
+        while True:
+            self._collect(self.rig.converse())
+            if self.rig.channel.phase is Phase.HANDSHAKE:
+                self.items.append(TLS)
+                self.rig.start_client_tls()
+            elif self.rig.host.holds:
+                delay = self.rig.release_hold()
+                self._collect(self.rig.converse(), delay)
+            else:
+                return
+
+    def _collect(self, data: bytes, delay: float = 0.0) -> None:
+        """Received bytes as lines; the first carries ``delay`` (a held reply is one line)."""
+        self._partial += data
+        while (end := self._partial.find(b"\r\n")) >= 0:
+            self.items.append(Line(bytes(self._partial[:end]), delay))
+            delay = 0.0
+            del self._partial[: end + 2]
+        if self.rig.eof and CLOSE not in self.items:
+            if self._partial:
+                raise AssertionError(f"output does not end with CRLF: {self._partial[-40:]!r}")
+            self.items.append(CLOSE)
 
     def _authenticate(self, effect: Authenticate) -> LoginGrant | Exception:
         """What the worker's pool thread does: ``Authenticate.run``, its error handed over."""
@@ -203,14 +259,6 @@ class Harness:
     def grant(self) -> LoginGrant:
         """alice's successful login, as ``Authenticate.run`` would return it."""
         return LoginGrant(self.principal, self.maildrop.snapshot(USER_ID, 10000))
-
-    def _record(self, data: bytes, delay: float) -> None:
-        if not data:
-            return
-        if not data.endswith(b"\r\n"):
-            raise AssertionError(f"output does not end with CRLF: {data[-40:]!r}")
-        for text in data[:-2].split(b"\r\n"):
-            self.items.append(Line(text, delay))
 
     def output(self) -> bytes:
         return b"".join(item.text + b"\r\n" for item in self.items if isinstance(item, Line))
@@ -352,7 +400,7 @@ def run_transcript(script: Transcript, mode: str) -> Harness:
     harness = build_harness(script)
     for chunk in _chunks(script, mode):
         harness.feed(chunk)
-    harness.session.close("end of transcript")
+    harness.close()
     return harness
 
 
