@@ -112,6 +112,7 @@ def _check_database(config: Config, c: Collector) -> None:
     if not config.database.dsn.strip():
         c.error("database.dsn", "must not be empty")
     _at_least(c, "database.connect_timeout", config.database.connect_timeout, 1)
+    _at_least(c, "database.connections", config.database.connections, 1)
     timeout, heartbeat = config.database.statement_timeout, config.server.worker_timeout
     if not 0 < timeout < heartbeat:
         c.error("database.statement_timeout",

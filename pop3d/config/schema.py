@@ -69,6 +69,7 @@ class DatabaseConfig:
     dsn: str = "postgresql:///mail"
     connect_timeout: int = 5
     statement_timeout: float = 10.0
+    connections: int = 4  # per worker, for its loop's queries (logins have auth.threads more)
 
 
 @dataclass(frozen=True, slots=True)

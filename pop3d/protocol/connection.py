@@ -109,7 +109,7 @@ class Connection:
         self._answer(reply)
         return data
 
-    def send_stream(self, reply: Reply) -> Iterator[bytes]:
+    def send_stream(self, reply: Reply) -> Iterator[bytes | object]:
         """Like :meth:`send` but as chunks, so a Body is pulled only as fast as it is written."""
         self._answer(reply)
         return render_stream(reply)

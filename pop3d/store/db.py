@@ -10,7 +10,9 @@ it broken, opens a new one and retries once, but only if nothing could have been
 the caller sees :class:`StoreUnavailable` only when the database really is unreachable.
 
 A Database is safe to share between threads (calls are serialised by a lock), but threads
-that query in parallel, like the authenticator's pool, should each have their own.
+that query in parallel, like the authenticator's pool, should each have their own.  It is the
+blocking driver of :mod:`pop3d.store.jobs`: :meth:`Database.complete` runs a job in one
+transaction; the worker's loop uses the asynchronous driver, :mod:`pop3d.store.aio`, instead.
 
 :func:`is_storable`, :func:`make_storable` and :func:`as_uuid` say what PostgreSQL's text and
 uuid types accept, for input that must be checked or cleaned before it reaches a query.
@@ -23,12 +25,13 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 import psycopg2
 import psycopg2.extensions
 
 from pop3d.errors import StorePermanentError, StoreUnavailable
+from pop3d.store.jobs import Job, Query, Steps
 
 T = TypeVar("T")
 Cursor = psycopg2.extensions.cursor
@@ -110,6 +113,17 @@ class Database:
             except _Broken as broken:
                 raise StoreUnavailable(broken.message) from None
 
+    def complete(self, job: Job[T]) -> Job[T]:
+        """Run ``job``'s steps in one transaction and record their outcome (or error) in it.
+
+        A broken connection is replaced and the job retried only while its first query has
+        not been answered: the steps cannot be rewound past that."""
+        try:
+            job.succeed(self.run(_Stepper(job.steps)))
+        except Exception as error:
+            job.fail(error)
+        return job
+
     def close(self) -> None:
         """Close the connection; the next ``run`` opens a new one."""
         with self._lock:
@@ -146,12 +160,56 @@ class Database:
         return self._conn
 
 
+class _Stepper(Generic[T]):
+    """A job's steps as ``Database.run`` work: each query's rows sent back to the steps."""
+
+    def __init__(self, steps: Steps[T]) -> None:
+        self._steps = steps
+        self._first: Query | None = None
+        self._answered = False
+
+    def __call__(self, cur: Cursor) -> T:
+        if self._answered:  # a retry after the steps moved on: they cannot start again
+            raise _Broken("the connection broke in the middle of a job", committing=True)
+        try:
+            query = self._first = self._first or next(self._steps)
+            while True:
+                rows = _execute(cur, query)
+                self._answered = True
+                query = self._steps.send(rows)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+
+def _execute(cur: Cursor, query: Query) -> list[tuple[Any, ...]]:
+    cur.execute(query.sql, query.params)
+    return cur.fetchall() if cur.description is not None else []
+
+
+def connection_dsn(settings: DbSettings) -> str:
+    """The DSN with the connect timeout and, unless it names one, the application name."""
+    options: dict[str, int | str] = {"connect_timeout": settings.connect_timeout}
+    if "application_name" not in psycopg2.extensions.parse_dsn(settings.dsn):
+        options["application_name"] = settings.application_name
+    return psycopg2.extensions.make_dsn(settings.dsn, **options)
+
+
+def session_setup(settings: DbSettings) -> Query:
+    """What every new connection runs first, in one round trip.
+
+    A lock wait ends in "lock timeout", temporary like any timeout: a table locked by another
+    client (a long migration, a manual LOCK) costs a login [SYS/TEMP], not a hung session.
+    UTC makes rendered Date: headers independent of the server's TimeZone setting."""
+    lock_timeout = settings.lock_timeout
+    if lock_timeout is None:
+        lock_timeout = settings.statement_timeout
+    return Query("SET statement_timeout = %s; SET lock_timeout = %s; SET TIME ZONE 'UTC'",
+                 (_milliseconds(settings.statement_timeout), _milliseconds(lock_timeout)))
+
+
 def _connect(settings: DbSettings) -> Connection:
     try:
-        options: dict[str, int | str] = {"connect_timeout": settings.connect_timeout}
-        if "application_name" not in psycopg2.extensions.parse_dsn(settings.dsn):
-            options["application_name"] = settings.application_name
-        conn = psycopg2.connect(psycopg2.extensions.make_dsn(settings.dsn, **options))
+        conn = psycopg2.connect(connection_dsn(settings))
     except _TEMPORARY as exc:
         raise StoreUnavailable(first_line(exc)) from None
     except psycopg2.Error as exc:
@@ -165,17 +223,9 @@ def _connect(settings: DbSettings) -> Connection:
 
 
 def _prepare_session(conn: Connection, settings: DbSettings) -> None:
-    # A lock wait ends in "lock timeout", temporary like any timeout: a table locked by another
-    # client (a long migration, a manual LOCK) costs a login [SYS/TEMP], not a hung session.
-    # UTC makes rendered Date: headers independent of the server's TimeZone setting.
-    lock_timeout = settings.lock_timeout
-    if lock_timeout is None:
-        lock_timeout = settings.statement_timeout
     try:
         with conn.cursor() as cur:
-            cur.execute("SET statement_timeout = %s", (_milliseconds(settings.statement_timeout),))
-            cur.execute("SET lock_timeout = %s", (_milliseconds(lock_timeout),))
-            cur.execute("SET TIME ZONE 'UTC'")
+            _execute(cur, session_setup(settings))
         conn.commit()
     except _TEMPORARY as exc:
         raise StoreUnavailable(first_line(exc)) from None
