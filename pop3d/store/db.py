@@ -95,8 +95,11 @@ class Database:
         self._conn: Connection | None = None
         self._lock = threading.RLock()
 
-    def run(self, work: Callable[[Cursor], T], *, retry: bool = True) -> T:
-        """Run ``work(cursor)`` in one transaction and commit; roll back if it raises.
+    def run(self, work: Callable[[Cursor], T], *, retry: bool = True,
+            autocommit: bool = False) -> T:
+        """Run ``work(cursor)`` in one transaction and commit; roll back if it raises.  With
+        ``autocommit`` each statement is its own transaction: no BEGIN and COMMIT round trips,
+        for work of one statement or that needs no atomicity.
 
         Raises StoreUnavailable (unreachable, broken, timed out, deadlocked) or
         StorePermanentError (any other database error); ``work``'s own errors pass through.
@@ -104,12 +107,12 @@ class Database:
         with self._lock:
             reused = self._conn is not None and not self._conn.closed
             try:
-                return self._transaction(work)
+                return self._transaction(work, autocommit)
             except _Broken as broken:
                 if not (retry and reused and not broken.committing):
                     raise StoreUnavailable(broken.message) from None
             try:
-                return self._transaction(work)
+                return self._transaction(work, autocommit)
             except _Broken as broken:
                 raise StoreUnavailable(broken.message) from None
 
@@ -131,13 +134,14 @@ class Database:
             if conn is not None and not conn.closed:
                 conn.close()
 
-    def _transaction(self, work: Callable[[Cursor], T]) -> T:
+    def _transaction(self, work: Callable[[Cursor], T], autocommit: bool) -> T:
         conn = self._connection()
         committing = False
         try:
+            conn.autocommit = autocommit
             with conn.cursor() as cur:
                 result = work(cur)
-            committing = True
+            committing = not autocommit
             conn.commit()
         except _TEMPORARY as exc:
             if conn.closed:

@@ -79,7 +79,8 @@ class PgMaildrop:
         user = as_uuid(user_id)
         if user is None or limit <= 0:
             return []
-        rows = self.db.run(functools.partial(_snapshot_rows, user=user, limit=limit))
+        rows = self.db.run(functools.partial(_snapshot_rows, user=user, limit=limit),
+                           autocommit=True)  # one statement: no BEGIN and COMMIT round trips
         missing = [email_id for email_id, _, size in rows if size is None]
         computed = self._store_sizes(user, missing) if missing else {}
         return [MessageInfo(email_id, unique_id, computed[email_id] if size is None else size)
