@@ -1,7 +1,13 @@
 """Authentication with API keys (ARCHITECTURE.md section 4), and the making of new keys.
 
-Flow per login: rate limit -> cache -> user lookup -> candidate keys -> bcrypt -> scope.
+Flow per login: cache -> limits -> user lookup -> candidate keys -> bcrypt -> scope.
 
+* The cache first: a key it knows to be good for the name's current credential generation is
+  accepted at once, whatever the counters say, so nobody's failures from a shared address (a
+  NAT) ever refuse a known key.  Everything else is counted before it is verified (an atomic
+  increment in memcached): a (client address, login name) pair with ``max_failures`` attempts
+  in its window is locked out, and an address that spent its budget of fresh bcrypt
+  verifications is throttled.  Either is refused like a wrong key, after the same delay.
 * Every failure looks the same to the client (AuthFailed) and costs about the same time: an
   unknown or disabled user, or a user without a candidate key, still pays one bcrypt verify
   against a dummy hash of the configured cost, so response times do not reveal which
@@ -9,6 +15,9 @@ Flow per login: rate limit -> cache -> user lookup -> candidate keys -> bcrypt -
 * Store trouble is BackendUnavailable and is neither cached nor counted as a failure: the
   client's key may be fine.  The optional cache and rate limiter fail open: when memcached is
   down, logins still work, only slower.
+* Cache entries cannot be forged by whoever can write to memcached: the key is an HMAC of
+  length-prefixed fields, and the entry is sealed with an HMAC over the key, the result, the
+  generation and an expiry time (:func:`seal`, :func:`unseal`).
 * ``last_used_at`` is not written during the login: the key id joins a set, and
   :meth:`KeyAuthenticator.flush_touches` writes the whole set in one statement.
 
@@ -25,6 +34,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import threading
@@ -36,7 +46,17 @@ from typing import TypeVar
 import bcrypt
 
 from pop3d.errors import AuthFailed, BackendUnavailable, Pop3dError
-from pop3d.ports import AuthCache, Credentials, CredentialStore, KeyRecord, Principal, RateLimiter
+from pop3d.ports import (
+    AuthCache,
+    CachedLogin,
+    Credentials,
+    CredentialStore,
+    KeyRecord,
+    Metrics,
+    Principal,
+    RateLimiter,
+    Verdict,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +68,9 @@ PREFIX_CHARS = 10  # 50 bits: collisions are rare, and retried
 SECRET_BYTES = 32  # 256 bits of secret, 43 characters of base64url
 DEFAULT_TOUCH_INTERVAL = 5.0  # seconds between last_used_at writes
 _DUMMY_PASSWORD = b"pop3d: no such user"
+_KEY_LABEL = b"pop3d auth-cache key v2\0"  # domain separation: one secret, two HMAC uses
+_ENTRY_LABEL = b"pop3d auth-cache entry v2\0"
+_UNCACHED = CachedLogin(None, "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +90,50 @@ def generate_key(cost: int) -> NewKey:
     return NewKey(key=key, prefix=prefix, bcrypt_hash=hashed)
 
 
+def _fields(*parts: str | bytes) -> bytes:
+    """Each part preceded by its length: no two different lists of parts give the same octets."""
+    octets = [p if isinstance(p, bytes) else p.encode("utf-8", "surrogatepass") for p in parts]
+    return b"".join(len(p).to_bytes(4, "big") + p for p in octets)
+
+
 def cache_key(secret: bytes, scope: str, username: str, password: str) -> str:
-    """HMAC-SHA256(secret, scope + lower(username) + NUL + password) in hex.
+    """HMAC-SHA256(secret, length-prefixed scope, lower(username), password) in hex.
 
     memcached sees only this digest, never a key; without the secret it cannot be reversed."""
-    message = f"{scope}{username.lower()}\0{password}".encode("utf-8", "surrogateescape")
+    message = _KEY_LABEL + _fields(scope, username.lower(), password)
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def seal(secret: bytes, digest: str, result: Principal | bool, generation: str,
+         expires: float) -> bytes:
+    """The cache entry for ``result`` under ``digest``: JSON, a dot, and an HMAC binding it to
+    the digest, so an entry can neither be made up nor moved to other credentials."""
+    fields: dict[str, object] = {"gen": generation, "exp": int(expires), "ok": False}
+    if isinstance(result, Principal):
+        fields.update(ok=True, user_id=result.user_id, key_id=result.key_id,
+                      address=result.address)
+    payload = json.dumps(fields, separators=(",", ":"), sort_keys=True).encode()
+    return payload + b"." + _entry_mac(secret, digest, payload).encode()
+
+
+def unseal(secret: bytes, digest: str, entry: bytes, generation: str,
+           now: float) -> Principal | bool | None:
+    """The result sealed in ``entry``, or None (a miss) unless its HMAC is right, it was stored
+    for ``generation`` and it has not expired."""
+    payload, _, mac = entry.rpartition(b".")
+    if not hmac.compare_digest(mac, _entry_mac(secret, digest, payload).encode()):
+        return None
+    fields = json.loads(payload)
+    if fields["gen"] != generation or fields["exp"] < now:
+        return None
+    if fields["ok"] is not True:
+        return False
+    return Principal(user_id=fields["user_id"], key_id=fields["key_id"],
+                     address=fields["address"])
+
+
+def _entry_mac(secret: bytes, digest: str, payload: bytes) -> str:
+    return hmac.new(secret, _ENTRY_LABEL + _fields(digest, payload), hashlib.sha256).hexdigest()
 
 
 class KeyAuthenticator:
@@ -88,8 +149,10 @@ class KeyAuthenticator:
         cache_secret: bytes = b"",
         cache_ttl: int = 30,
         rate_limiter: RateLimiter | None = None,
+        metrics: Metrics | None = None,
         touch_interval: float = DEFAULT_TOUCH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if cache is not None and not cache_secret:
             raise ValueError("an auth cache needs a secret to key it with")
@@ -99,8 +162,10 @@ class KeyAuthenticator:
         self._cache_secret = cache_secret
         self._cache_ttl = cache_ttl
         self._limiter = rate_limiter
+        self._metrics = metrics
         self._touch_interval = touch_interval
         self._clock = clock
+        self._wall_clock = wall_clock
         # Same cost as real keys, so a failed lookup takes as long as a failed verify.
         self._dummy_hash = bcrypt.hashpw(_DUMMY_PASSWORD, bcrypt.gensalt(rounds=bcrypt_cost))
         self._lock = threading.Lock()
@@ -109,21 +174,27 @@ class KeyAuthenticator:
 
     def authenticate(self, credentials: Credentials) -> Principal:
         """The principal, or AuthFailed ([AUTH]) / BackendUnavailable ([SYS/TEMP])."""
-        if self._blocked(credentials.client_ip):
-            raise AuthFailed("client address is rate limited")
-        key = self._cache_key(credentials)
-        cached = self._cached(key)
-        if cached is None:
-            try:
-                cached = self._verify(credentials)
-            except AuthFailed:
-                cached = False
-            self._remember(key, cached)
-        if not isinstance(cached, Principal):
-            self._record_failure(credentials.client_ip)
-            raise AuthFailed
-        self._queue_touch(cached.key_id)
-        return cached
+        digest = self._cache_key(credentials)
+        looked_up = self._look_up(credentials.username, digest)
+        cached = self._unseal(digest, looked_up)
+        if isinstance(cached, Principal):  # known good: no counter refuses it
+            self._queue_touch(cached.key_id)
+            return cached
+        self._begin(credentials, verify=cached is None)
+        if cached is False:
+            raise AuthFailed("failure cached")
+        try:
+            principal = self._verify(credentials)
+        except AuthFailed:
+            self._remember(digest, looked_up, False)
+            raise
+        except BackendUnavailable:
+            self._end(credentials, succeeded=False)
+            raise
+        self._remember(digest, looked_up, principal)
+        self._end(credentials, succeeded=True)
+        self._queue_touch(principal.key_id)
+        return principal
 
     def flush_touches(self, *, force: bool = False) -> int:
         """Write the queued ``last_used_at`` updates in one statement; return how many keys.
@@ -183,32 +254,56 @@ class KeyAuthenticator:
         candidate = (password or b"")[:BCRYPT_MAX_OCTETS]
         bcrypt.checkpw(candidate, self._dummy_hash)
 
-    def _cache_key(self, credentials: Credentials) -> str | None:
+    def _cache_key(self, credentials: Credentials) -> str:
         if self._cache is None:
-            return None
+            return ""
         return cache_key(self._cache_secret, self._scope, credentials.username,
                          credentials.password)
 
-    def _cached(self, key: str | None) -> Principal | bool | None:
-        if self._cache is None or key is None:
+    def _look_up(self, username: str, digest: str) -> CachedLogin:
+        """What the cache holds; its generation is "" when there is no cache to write to."""
+        if self._cache is None:
+            return _UNCACHED
+        return _tolerate_outage("auth cache",
+                                functools.partial(self._cache.get, username, digest), _UNCACHED)
+
+    def _unseal(self, digest: str, looked_up: CachedLogin) -> Principal | bool | None:
+        if looked_up.entry is None or not looked_up.generation:
             return None
-        return _tolerate_outage("auth cache", functools.partial(self._cache.get, key), None)
+        try:
+            return unseal(self._cache_secret, digest, looked_up.entry, looked_up.generation,
+                          self._wall_clock())
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignoring an unreadable auth cache entry")
+            return None
 
-    def _remember(self, key: str | None, result: Principal | bool) -> None:
-        if self._cache is not None and key is not None:
-            _tolerate_outage("auth cache", functools.partial(
-                self._cache.put, key, result, self._cache_ttl), None)
+    def _remember(self, digest: str, looked_up: CachedLogin, result: Principal | bool) -> None:
+        """Cache ``result`` for the generation read before the verification: a bump since then
+        (a revocation while bcrypt ran) makes it stale at once."""
+        if self._cache is None or not looked_up.generation:
+            return
+        entry = seal(self._cache_secret, digest, result, looked_up.generation,
+                     self._wall_clock() + self._cache_ttl)
+        _tolerate_outage("auth cache", functools.partial(
+            self._cache.put, digest, entry, self._cache_ttl), None)
 
-    def _blocked(self, client_ip: str) -> bool:
+    def _begin(self, credentials: Credentials, *, verify: bool) -> None:
+        """Count the attempt; AuthFailed when the limits refuse it without a verification."""
         if self._limiter is None:
-            return False
-        return _tolerate_outage("rate limiter",
-                                functools.partial(self._limiter.is_blocked, client_ip), False)
+            return
+        verdict = _tolerate_outage("rate limiter", functools.partial(
+            self._limiter.begin, credentials.client_ip, credentials.username, verify=verify),
+            Verdict.GO)
+        if verdict is not Verdict.GO:
+            if self._metrics is not None:
+                self._metrics.incr(f"auth.{verdict.name.lower()}")  # locked_out, throttled
+            raise AuthFailed(f"refused without verifying: {verdict.value}")
 
-    def _record_failure(self, client_ip: str) -> None:
+    def _end(self, credentials: Credentials, *, succeeded: bool) -> None:
         if self._limiter is not None:
-            _tolerate_outage("rate limiter",
-                             functools.partial(self._limiter.record_failure, client_ip), None)
+            _tolerate_outage("rate limiter", functools.partial(
+                self._limiter.end, credentials.client_ip, credentials.username,
+                succeeded=succeeded), None)
 
     def _queue_touch(self, key_id: str) -> None:
         with self._lock:

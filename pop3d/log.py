@@ -2,7 +2,9 @@
 
 Every process (master and workers) calls :func:`setup` once; :func:`reopen` reopens the log file
 after logrotate has moved it.  A filter on the handler masks anything that looks like an API key or
-a POP3/SASL credential, so a careless ``log.info("%s", line)`` cannot leak one.
+a POP3/SASL credential, so a careless ``log.info("%s", line)`` cannot leak one, and escapes every
+control character of the message (:func:`escape`): a client string with CR, LF or a terminal
+escape in it can neither forge a log line nor reach an operator's terminal.
 
 Neither a reload nor a reopen may lose the log: :func:`setup` opens the new file before it lets go
 of the old handler, and :func:`reopen` keeps writing to the file it has when the path cannot be
@@ -29,6 +31,8 @@ log = logging.getLogger("pop3d.log")
 _KEY = re.compile(r"\b(pk_[a-z0-9]+_)[A-Za-z0-9_\-]+")
 # A credential-bearing command echoed into a message: PASS <anything>, AUTH <mech> <response>.
 _COMMAND = re.compile(r"(?i)\b(PASS|AUTH\s+\S+)\s+\S.*")
+# C0 controls (CR, LF, ESC...), DEL, C1 controls and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def mask(text: str) -> str:
@@ -36,12 +40,19 @@ def mask(text: str) -> str:
     return _COMMAND.sub(r"\1 ***", _KEY.sub(r"\1***", text))
 
 
+def escape(text: str) -> str:
+    """``text`` with each control character written as its Python escape (``\\r``, ``\\n``,
+    ``\\x1b``, ``\\u2028``): one log record stays one line of printable text."""
+    return _CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"),
+                        text)
+
+
 class MaskingFilter(logging.Filter):
-    """Masks the rendered message (arguments included) of every record."""
+    """Masks and escapes the rendered message (arguments included) of every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = mask(message)
+        masked = escape(mask(message))
         if masked != message:
             record.msg, record.args = masked, None
         return True

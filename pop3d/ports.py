@@ -7,6 +7,7 @@ memory.  Every method may raise the errors of :mod:`pop3d.errors` and nothing el
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -143,25 +144,51 @@ class Registry(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class CachedLogin:
+    """What the auth cache holds for one login before it is verified."""
+
+    entry: bytes | None  # the sealed result stored under the credentials' digest, if any
+    generation: str  # the login name's credential generation now: an entry is good only for it
+
+
 class AuthCache(Protocol):
-    """Short-lived memory of authentication results, keyed by an HMAC of the credentials."""
+    """Short-lived memory of authentication results, keyed by an HMAC of the credentials.
 
-    def get(self, key: str) -> Principal | bool | None:
-        """A cached Principal, False for a cached failure, None when nothing is cached."""
+    Each login name has a credential generation; revoking a key, disabling a user or changing
+    scopes bumps the generation of every name of the user, and an entry stored for another
+    generation is no longer good.  The entries are opaque: :mod:`pop3d.auth` seals them."""
+
+    def get(self, name: str, digest: str) -> CachedLogin:
+        """The entry stored under ``digest`` and the generation of ``name``, in one round trip
+        (a name without a generation is given a new one)."""
         ...
 
-    def put(self, key: str, result: Principal | bool, ttl: int) -> None:
-        """Remember a Principal, or False for a failure, for ``ttl`` seconds."""
+    def put(self, digest: str, entry: bytes, ttl: int) -> None:
+        """Store ``entry`` under ``digest`` for ``ttl`` seconds."""
         ...
+
+
+class Verdict(enum.Enum):
+    """Whether a login attempt may be verified, decided before the verification."""
+
+    GO = "go"
+    LOCKED_OUT = "locked out"  # this address and login name failed too often in the window
+    THROTTLED = "throttled"  # this address spent its budget of fresh verifications
 
 
 class RateLimiter(Protocol):
-    """Counts authentication failures per client address."""
+    """Login attempts per (client address, login name), and fresh verifications per client
+    address, counted in windows shared by every worker (IPv6 addresses by prefix)."""
 
-    def is_blocked(self, client_ip: str) -> bool:
+    def begin(self, client_ip: str, name: str, *, verify: bool) -> Verdict:
+        """Count an attempt before it is verified (an atomic increment, so parallel attempts
+        cannot slip through together) and, when ``verify``, spend one fresh verification."""
         ...
 
-    def record_failure(self, client_ip: str) -> None:
+    def end(self, client_ip: str, name: str, *, succeeded: bool) -> None:
+        """After a verification that was not a failure: a success forgets the pair's attempts;
+        otherwise (the store could not answer) the attempt is taken back."""
         ...
 
 

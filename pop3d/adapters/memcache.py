@@ -1,4 +1,4 @@
-"""The state workers share through memcached: the auth cache, the failure counters, the registry.
+"""The state workers share through memcached: the auth cache, the login counters, the registries.
 
 This is the only module that imports pymemcache.  :class:`MemcacheClient` wraps it: one
 thread-safe client per process (a connection pool per server), built after ``fork()``, with
@@ -8,10 +8,11 @@ becomes :class:`~pop3d.errors.BackendUnavailable` here; nothing above sees a lib
 Keys are ``<namespace>:<kind>:<part>``; a part that is not plainly safe is replaced by its
 SHA-256, so every key is printable ASCII without spaces and far below memcached's 250 octets:
 
-* ``pop3d:auth:<hmac hex>``      auth cache entry: JSON of a Principal, or ``{"ok": false}``
-* ``pop3d:fail:<client ip>``     failures of one address (canonical form; IPv4-mapped -> IPv4)
+* ``pop3d:auth:``, ``pop3d:gen:``, ``pop3d:unlock:``, ``pop3d:fail:``, ``pop3d:verify:``
+  the auth cache and the login counters (see :mod:`pop3d.adapters.logins`)
 * ``pop3d:reg:u:<user>#<n>``     registry slot n of a user (see :mod:`pop3d.adapters.registry`)
 * ``pop3d:reg:w:<host:pid:>#<k>`` shard k of a worker's session index
+* ``pop3d-conn:reg:...``          the same for the connections of each client address
 
 A key is placed on a server by its part before ``#``, so all the slots of one user (and all the
 shards of one worker) live on one server and are read in one round trip.  The placement (a
@@ -24,10 +25,7 @@ timeout about once per interval, not on every call.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,10 +36,10 @@ from pymemcache.client.base import PooledClient
 from pymemcache.client.rendezvous import RendezvousHash
 from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
 
-from pop3d.adapters.keys import DEFAULT_NAMESPACE, client_ip_part, key_part
+from pop3d.adapters.keys import DEFAULT_IPV6_PREFIX, DEFAULT_NAMESPACE
+from pop3d.adapters.logins import MemcacheAuthCache, MemcacheRateLimiter
 from pop3d.adapters.registry import DEFAULT_SLOT_TTL, MemcacheRegistry
 from pop3d.errors import BackendUnavailable
-from pop3d.ports import Principal
 
 __all__ = [
     "Endpoint", "MemcacheAuthCache", "MemcacheClient", "MemcacheRateLimiter", "MemcacheRegistry",
@@ -53,7 +51,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRY_AFTER = 2.0  # seconds a failed server is skipped (pymemcache HashClient: 1-60 s)
 PLACEMENTS = 65536  # key groups (users, workers, addresses) whose server is remembered
 MAX_RELATIVE_TTL = 30 * 24 * 3600  # memcached reads a larger expiry as a Unix timestamp
-_HEX_DIGEST = re.compile(r"[0-9a-f]{32,128}")
+CONNECTIONS_NAMESPACE = "-conn"  # appended to the namespace: the per-address registry's keys
 _CLOSED_BY_SERVER = (ConnectionResetError, BrokenPipeError, MemcacheUnexpectedCloseError)
 
 
@@ -135,6 +133,11 @@ class MemcacheClient:
         result = self._run(key, "incr", key, delta)
         return None if result is None else int(result)
 
+    def decr(self, key: str, delta: int) -> int | None:
+        """The new value (never below 0), or None when the key is absent."""
+        result = self._run(key, "decr", key, delta)
+        return None if result is None else int(result)
+
     def delete(self, key: str) -> bool:
         return bool(self._run(key, "delete", key))
 
@@ -188,117 +191,43 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-class MemcacheAuthCache:
-    """The AuthCache port: results under ``<ns>:auth:<hmac hex>`` as explicit JSON."""
-
-    def __init__(self, client: MemcacheClient, *, namespace: str = DEFAULT_NAMESPACE) -> None:
-        self._client = client
-        self._prefix = f"{key_part(namespace)}:auth:"
-
-    def get(self, key: str) -> Principal | bool | None:
-        raw = self._client.get(self._key(key))
-        return None if raw is None else _decode_result(raw)
-
-    def put(self, key: str, result: Principal | bool, ttl: int) -> None:
-        if ttl <= 0 or result is True:  # no expiry would be forever; True names nobody
-            return
-        self._client.set(self._key(key), _encode_result(result), ttl)
-
-    def _key(self, key: str) -> str:
-        # The caller passes an HMAC digest; anything else is hashed, so no credential is stored.
-        digest = key if _HEX_DIGEST.fullmatch(key) else _sha256_hex(key)
-        return self._prefix + digest
-
-
-def _sha256_hex(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _encode_result(result: Principal | bool) -> bytes:
-    if isinstance(result, Principal):
-        fields = {"ok": True, "user_id": result.user_id, "key_id": result.key_id,
-                  "address": result.address}
-    else:
-        fields = {"ok": False}
-    return json.dumps(fields, separators=(",", ":")).encode()
-
-
-def _decode_result(raw: bytes) -> Principal | bool | None:
-    """The cached result, or None (a miss) for anything this version did not write."""
-    try:
-        fields = json.loads(raw)
-        if fields["ok"] is False:
-            return False
-        values = (fields["user_id"], fields["key_id"], fields["address"])
-    except (ValueError, TypeError, KeyError):
-        log.warning("ignoring an unreadable auth cache entry")
-        return None
-    if fields["ok"] is not True or not all(isinstance(v, str) for v in values):
-        return None
-    return Principal(user_id=values[0], key_id=values[1], address=values[2])
-
-
-class MemcacheRateLimiter:
-    """The RateLimiter port: failures per client address, counted for ``lockout`` seconds from
-    the first one; an address is blocked once it has ``max_failures``."""
-
-    def __init__(self, client: MemcacheClient, *, max_failures: int, lockout: int,
-                 namespace: str = DEFAULT_NAMESPACE) -> None:
-        if max_failures < 1:
-            raise ValueError("max_failures must be at least 1")
-        self._client = client
-        self._max_failures = max_failures
-        self._lockout = lockout
-        self._prefix = f"{key_part(namespace)}:fail:"
-
-    def is_blocked(self, client_ip: str) -> bool:
-        raw = self._client.get(self._key(client_ip))
-        count = int(raw) if raw is not None and raw.strip().isdigit() else 0
-        return count >= self._max_failures
-
-    def record_failure(self, client_ip: str) -> None:
-        if self._lockout <= 0:
-            return
-        key = self._key(client_ip)
-        # add starts the window; incr leaves the expiry alone, so the window does not slide.
-        if self._client.add(key, b"1", self._lockout):
-            return
-        if self._client.incr(key, 1) is None:  # expired between the two calls
-            self._client.add(key, b"1", self._lockout)
-
-    def _key(self, client_ip: str) -> str:
-        return self._prefix + client_ip_part(client_ip)
-
-
 @dataclass
 class SharedState:
-    """The three memcached-backed ports of one process, over one client."""
+    """The memcached-backed ports of one process, over one client."""
 
     client: MemcacheClient
     auth_cache: MemcacheAuthCache
     rate_limiter: MemcacheRateLimiter
-    registry: MemcacheRegistry
+    registry: MemcacheRegistry  # sessions per user
+    connections: MemcacheRegistry  # connections per client address (always fails open)
 
     def close(self) -> None:
         self.client.close()
 
 
 def build_shared_state(servers: Sequence[Endpoint], timeout: float, registry_failure: str, *,
-                       max_failures: int, lockout: int, namespace: str = DEFAULT_NAMESPACE,
-                       slot_ttl: int = DEFAULT_SLOT_TTL,
+                       max_failures: int, lockout: int, verify_budget: int = 300,
+                       verify_window: int = 60, ipv6_prefix: int = DEFAULT_IPV6_PREFIX,
+                       namespace: str = DEFAULT_NAMESPACE, slot_ttl: int = DEFAULT_SLOT_TTL,
                        retry_after: float = DEFAULT_RETRY_AFTER) -> SharedState:
     """Everything over one new client: call it in the worker, after ``fork()`` (or in the
-    master, for :meth:`MemcacheRegistry.release_worker`).
+    master, for :meth:`MemcacheRegistry.release_worker`, and in the admin commands).
 
-    ``registry_failure`` is ``memcached.registry_failure``: "open" or "closed"."""
+    ``registry_failure`` is ``memcached.registry_failure``: "open" or "closed"; the registry of
+    connections per address always fails open (each worker still counts its own)."""
     if registry_failure not in ("open", "closed"):
         raise ValueError(f'registry_failure must be "open" or "closed", not {registry_failure!r}')
     client = MemcacheClient(servers, timeout=timeout, retry_after=retry_after)
+    limiter = MemcacheRateLimiter(client, max_failures=max_failures, lockout=lockout,
+                                  verify_budget=verify_budget, verify_window=verify_window,
+                                  ipv6_prefix=ipv6_prefix, namespace=namespace)
     return SharedState(
         client=client,
         auth_cache=MemcacheAuthCache(client, namespace=namespace),
-        rate_limiter=MemcacheRateLimiter(client, max_failures=max_failures, lockout=lockout,
-                                         namespace=namespace),
+        rate_limiter=limiter,
         registry=MemcacheRegistry(client, fail_open=registry_failure == "open",
                                   namespace=namespace, slot_ttl=slot_ttl),
+        connections=MemcacheRegistry(client, fail_open=True,
+                                     namespace=namespace + CONNECTIONS_NAMESPACE,
+                                     slot_ttl=slot_ttl),
     )

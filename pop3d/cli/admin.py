@@ -1,7 +1,10 @@
 """Administration commands: database migrations, users, API keys and delivery.
 
 Output contract, for scripts: results go to stdout (an id, a table, or, for ``key create``,
-the key alone on one line); everything else goes to stderr.  Errors are one line on stderr
+the key alone on one line); everything else goes to stderr.  Changes that must end logins
+(``user disable``, ``user alias``, ``key revoke``, ``key scopes``) take effect at the next login on
+every host: the commands bump the user's credential generations in memcached
+(:mod:`pop3d.cli.security`).  Errors are one line on stderr
 and a sysexits(3) code:
 
     64 bad argument (address, scope)      65 conflict or bad message data
@@ -26,6 +29,7 @@ import click
 
 from pop3d.auth import NewKey, generate_key
 from pop3d.cli.base import config_option, fail, load_config, main
+from pop3d.cli.security import forget_cached_logins
 from pop3d.cli.sysexits import EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE
 from pop3d.config import Config
 from pop3d.errors import (
@@ -144,10 +148,13 @@ def user_list(config_path: str | None) -> None:
 @config_option
 @click.argument("address")
 def user_disable(config_path: str | None, address: str) -> None:
-    """Refuse all further logins of a user (mail is still delivered)."""
+    """Refuse all further logins of a user, at once (mail is still delivered)."""
     config = load_config(config_path)
     with _reported():
-        changed = Accounts(_database(config, purpose="admin")).disable_user(address)
+        accounts = Accounts(_database(config, purpose="admin"))
+        changed = accounts.disable_user(address)
+        names = accounts.login_names(accounts.user(address).user_id)
+    forget_cached_logins(config, names)
     click.echo(f"disabled {address}" if changed else f"{address} was already disabled")
 
 
@@ -160,6 +167,7 @@ def user_alias(config_path: str | None, address: str, alias: str) -> None:
     config = load_config(config_path)
     with _reported():
         Accounts(_database(config, purpose="admin")).add_alias(address, alias)
+    forget_cached_logins(config, [alias.strip()])  # failures cached before it was an alias
     click.echo(f"{alias.strip()} is now an alias of {address.strip()}")
 
 
@@ -177,9 +185,9 @@ def key_group() -> None:
 def key_create(config_path: str | None, address: str, name: str, scopes: tuple[str, ...]) -> None:
     """Create an API key; prints the key, alone, once. Only its hash is stored."""
     config = load_config(config_path)
-    bad = [scope for scope in scopes if not _SCOPE.match(scope)]
-    if bad or not name.strip():
-        fail(f"invalid scope {bad[0]!r}" if bad else "--name must not be empty", EX_USAGE)
+    _check_scopes(scopes)
+    if not name.strip():
+        fail("--name must not be empty", EX_USAGE)
     with _reported():
         accounts = Accounts(_database(config, purpose="admin"))
         user = accounts.user(address)
@@ -188,6 +196,12 @@ def key_create(config_path: str | None, address: str, name: str, scopes: tuple[s
     click.echo(new.key)
     click.echo(f"created key {key_id} ({new.prefix}) for {user.address}; it is not shown again",
                err=True)
+
+
+def _check_scopes(scopes: tuple[str, ...]) -> None:
+    bad = [scope for scope in scopes if not _SCOPE.match(scope)]
+    if bad:
+        fail(f"invalid scope {bad[0]!r}", EX_USAGE)
 
 
 def _new_key(accounts: Accounts, user_id: str, name: str, scopes: list[str],
@@ -219,11 +233,33 @@ def key_list(config_path: str | None, address: str) -> None:
 @config_option
 @click.argument("key_id")
 def key_revoke(config_path: str | None, key_id: str) -> None:
-    """Revoke a key, given by id or public prefix (cached logins end within auth.cache_ttl)."""
+    """Revoke a key, given by id or public prefix; logins with it fail at once."""
     config = load_config(config_path)
     with _reported():
-        changed = Accounts(_database(config, purpose="admin")).revoke_key(key_id)
+        accounts = Accounts(_database(config, purpose="admin"))
+        changed = accounts.revoke_key(key_id)
+        names = accounts.login_names(accounts.key_owner(key_id))
+    forget_cached_logins(config, names)
     click.echo(f"revoked {key_id}" if changed else f"{key_id} was already revoked")
+
+
+@key_group.command("scopes")
+@config_option
+@click.argument("key_id")
+@click.option("--scope", "scopes", multiple=True, required=True,
+              help="a scope the key carries from now on; repeat for several")
+def key_scopes(config_path: str | None, key_id: str, scopes: tuple[str, ...]) -> None:
+    """Replace a key's scopes (given by id or public prefix); logins see them at once."""
+    config = load_config(config_path)
+    _check_scopes(scopes)
+    with _reported():
+        accounts = Accounts(_database(config, purpose="admin"))
+        changed = accounts.set_scopes(key_id, list(dict.fromkeys(scopes)))
+        names = accounts.login_names(accounts.key_owner(key_id))
+    forget_cached_logins(config, names)
+    wanted = ",".join(dict.fromkeys(scopes))
+    click.echo(f"{key_id} now has scopes {wanted}" if changed
+               else f"{key_id} already had scopes {wanted}")
 
 
 class _SysexitsUsageError(click.UsageError):

@@ -1,9 +1,12 @@
 """Control of a running master: stop, reload and status.
 
 These commands find the master through the pidfile named in the configuration and read the status
-file it publishes next to it (:mod:`pop3d.pidfile`).  ``stop`` and ``status`` work even from a
-configuration that no longer validates, so a stopped server stays stoppable.  ``status`` exits
-with the LSB init-script codes: 0 running, 1 dead but the pidfile remains, 3 not running.
+file it publishes next to it (:mod:`pop3d.pidfile`).  The pidfile's directory belongs to the
+service user, so the pid in it is checked before any signal goes out: a process that is not a
+pop3d master (:func:`~pop3d.master.pidfile.is_master`) is treated as a stale pidfile.
+``stop`` and ``status`` work even from a configuration that no longer validates, so a stopped
+server stays stoppable.  ``status`` exits with the LSB init-script codes: 0 running, 1 dead but
+the pidfile remains, 3 not running.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pop3d.cli.base import EXIT_TIMEOUT, WAIT_MARGIN_SECONDS, config_option, fai
 from pop3d.config import ConfigError
 from pop3d.handoff import EXIT_OK
 from pop3d.master import FAST_STOP_SECONDS, KILL_SLACK_SECONDS
-from pop3d.master.pidfile import process_alive, read_pid, read_status, status_path
+from pop3d.master.pidfile import is_master, process_alive, read_pid, read_status, status_path
 
 LSB_DEAD_WITH_PIDFILE = 1  # `status`: the pidfile names a process that is gone
 LSB_NOT_RUNNING = 3  # `status`: no pidfile
@@ -76,6 +79,9 @@ def find_master(pidfile: str) -> tuple[int | None, str, int]:
     if not process_alive(pid):
         return None, f"not running (stale pidfile {pidfile}: pid {pid} is gone)", \
             LSB_DEAD_WITH_PIDFILE
+    if not is_master(pid):
+        return None, (f"not running (stale pidfile {pidfile}: pid {pid} is not a pop3d master; "
+                      "not signalling it)"), LSB_DEAD_WITH_PIDFILE
     return pid, f"running as pid {pid}", EXIT_OK
 
 

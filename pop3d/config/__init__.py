@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 
-from pop3d.config.checks import MAX_BCRYPT_COST, MAX_LINE_LENGTH, RFC1939_MIN_IDLE, check_semantics
+from pop3d.config.checks import (
+    MAX_BCRYPT_COST,
+    MAX_LINE_LENGTH,
+    MIN_SECRET_OCTETS,
+    RFC1939_MIN_IDLE,
+    check_semantics,
+    load_secret,
+)
 from pop3d.config.problems import ConfigError, ConfigProblem
 from pop3d.config.schema import (
     LOG_LEVELS,
@@ -30,11 +36,18 @@ from pop3d.config.schema import (
     LimitsConfig,
     LoggingConfig,
     MemcachedConfig,
+    Network,
     ServerConfig,
     StatsdConfig,
     TlsConfig,
 )
-from pop3d.config.values import Collector, build_section, parse_address, read_toml
+from pop3d.config.values import (
+    Collector,
+    build_section,
+    parse_address,
+    read_toml,
+    replace_deprecated,
+)
 
 DEFAULT_PATH = "/etc/pop3d.toml"
 
@@ -43,6 +56,7 @@ __all__ = [
     "LOG_LEVELS",
     "MAX_BCRYPT_COST",
     "MAX_LINE_LENGTH",
+    "MIN_SECRET_OCTETS",
     "RFC1939_MIN_IDLE",
     "SECTIONS",
     "TLS_VERSIONS",
@@ -55,11 +69,13 @@ __all__ = [
     "LimitsConfig",
     "LoggingConfig",
     "MemcachedConfig",
+    "Network",
     "ServerConfig",
     "StatsdConfig",
     "TlsConfig",
-    "is_trusted",
+    "in_networks",
     "load",
+    "load_secret",
     "parse_address",
     "read_secret",
     "resolve_path",
@@ -71,7 +87,9 @@ def load(path: str | os.PathLike[str]) -> tuple[Config, list[ConfigProblem]]:
     name = str(path)
     collector = Collector(name)
     raw = read_toml(name)
-    sections = {section: build_section(section, raw.get(section, {}), collector)
+    sections = {section: build_section(
+                    section, replace_deprecated(section, raw.get(section, {}), collector),
+                    collector)
                 for section in SECTIONS}
     for section in sorted(raw.keys() - SECTIONS.keys()):
         collector.error(section, "unknown section")
@@ -87,15 +105,16 @@ def resolve_path(cli_value: str | None, environ: Mapping[str, str] = os.environ)
     return cli_value or environ.get("POP3D_CONFIG") or DEFAULT_PATH
 
 
-def is_trusted(config: Config, ip: str) -> bool:
-    """Whether a client address is inside ``server.trusted_networks``."""
+def in_networks(ip: str, networks: Iterable[Network]) -> bool:
+    """Whether a client address is inside one of ``networks`` (``server.proxy_networks``,
+    ``server.plaintext_networks``); an IPv4-mapped IPv6 address counts as its IPv4 address."""
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return False
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
         address = address.ipv4_mapped
-    return any(address in net for net in config.server.trusted_networks)
+    return any(address in net for net in networks)
 
 
 # Made once when the master imports this module; the workers fork from the master, so they all
@@ -104,7 +123,8 @@ _START_SECRET = os.urandom(32)
 
 
 def read_secret(config: Config) -> bytes:
-    """The auth-cache HMAC key: the secret file's bytes, or a random key made at start."""
+    """The auth-cache HMAC key: the secret file's content (:func:`load_secret`), or a random
+    key made at start."""
     if not config.auth.secret_file:
         return _START_SECRET
-    return Path(config.auth.secret_file).read_bytes().strip()
+    return load_secret(config.auth.secret_file)

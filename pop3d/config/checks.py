@@ -8,7 +8,10 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import ssl
+import stat
+from pathlib import Path
 
 from pop3d.config.schema import LOG_LEVELS, TLS_VERSIONS, Config, TlsConfig
 from pop3d.config.values import Collector
@@ -17,6 +20,8 @@ RFC1939_MIN_IDLE = 600  # RFC 1939 section 3: the autologout timer must be at le
 MAX_LINE_LENGTH = 65536  # a command line, PASS and AUTH included, never needs more
 # Each step doubles bcrypt's work: 16 is about 4 s per login, more would stall worker boots.
 MAX_BCRYPT_COST = 16
+MIN_SECRET_OCTETS = 32  # 256 bits, as many as HMAC-SHA256's output: no weaker than the MAC
+_TEXT_SECRET = re.compile(rb"[\x20-\x7e]*")
 
 
 def check_semantics(config: Config, c: Collector) -> None:
@@ -104,6 +109,11 @@ def _check_limits(config: Config, c: Collector) -> None:
     _at_least(c, "limits.max_connections_per_user", lim.max_connections_per_user, 1)
     _at_least(c, "limits.max_messages_per_session", lim.max_messages_per_session, 1)
     _at_least(c, "limits.max_bad_commands", lim.max_bad_commands, 1)
+    _at_least(c, "limits.login_deadline", lim.login_deadline, 1)
+    _at_least(c, "limits.max_connections_per_address", lim.max_connections_per_address, 1)
+    _at_least(c, "limits.max_tls_handshakes_per_address", lim.max_tls_handshakes_per_address, 1)
+    if not 1 <= lim.ipv6_prefix <= 128:
+        c.error("limits.ipv6_prefix", f"must be 1-128, got {lim.ipv6_prefix}")
     if 1 <= lim.idle_timeout < RFC1939_MIN_IDLE:
         c.warn("limits.idle_timeout", f"{lim.idle_timeout:g} s is below RFC 1939's 600 s minimum")
 
@@ -131,12 +141,16 @@ def _check_auth(config: Config, c: Collector) -> None:
     a = config.auth
     if not a.scope.strip():
         c.error("auth.scope", "must not be empty")
-    if a.secret_file and not os.path.isfile(a.secret_file):
-        c.error("auth.secret_file", f"file not found: {a.secret_file}")
+    if a.secret_file:
+        problem = secret_problem(a.secret_file)
+        if problem:
+            c.error("auth.secret_file", problem)
     _at_least(c, "auth.cache_ttl", a.cache_ttl, 0)
     _at_least(c, "auth.failure_delay", a.failure_delay, 0)
     _at_least(c, "auth.max_failures", a.max_failures, 1)
     _at_least(c, "auth.lockout", a.lockout, 0)
+    _at_least(c, "auth.verify_budget", a.verify_budget, 1)
+    _at_least(c, "auth.verify_window", a.verify_window, 1)
     _at_least(c, "auth.threads", a.threads, 1)
     if not 4 <= a.bcrypt_cost <= MAX_BCRYPT_COST:
         c.error("auth.bcrypt_cost", f"must be 4-{MAX_BCRYPT_COST}, got {a.bcrypt_cost}")
@@ -147,6 +161,41 @@ def _check_auth(config: Config, c: Collector) -> None:
                " s of CPU per login")
     if a.allow_plaintext:
         c.warn("auth.allow_plaintext", "keys may cross the network unencrypted")
+
+
+def load_secret(path: str) -> bytes:
+    """A secret file's key: text (printable ASCII, say hex or base64) without the whitespace
+    around it, anything else exactly as stored (32 random octets may end in a newline octet)."""
+    data = Path(path).read_bytes()
+    text = data.strip()
+    return text if _TEXT_SECRET.fullmatch(text) else data
+
+
+def secret_problem(path: str) -> str | None:
+    """Why ``path`` cannot key the auth cache, or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file"
+    if mode & 0o006:
+        return (f"{path} is readable or writable by every user (mode "
+                f"{stat.S_IMODE(mode):04o}): chmod o-rwx {path}, e.g. root:pop3d 0640")
+    return _secret_length_problem(path)
+
+
+def _secret_length_problem(path: str) -> str | None:
+    try:
+        octets = len(load_secret(path))
+    except PermissionError:
+        return None  # the access check (pop3d.master.access) names the user and the fix
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if octets < MIN_SECRET_OCTETS:
+        return (f"{path} holds {octets} octets, fewer than {MIN_SECRET_OCTETS}: e.g. head -c "
+                f"{MIN_SECRET_OCTETS} /dev/urandom > {path}")
+    return None
 
 
 def _check_statsd(config: Config, c: Collector) -> None:

@@ -14,6 +14,14 @@ from typing import Any
 TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"),
+                                 ipaddress.ip_network("::1/128"))
+# Keys still read, with a warning, and what replaces them: section -> key -> replacements.
+DEPRECATED: dict[str, dict[str, tuple[str, ...]]] = {
+    "server": {"trusted_networks": ("proxy_networks", "plaintext_networks")},
+}
+
 @dataclass(frozen=True, slots=True)
 class Address:
     """A listening address: host (IPv4, IPv6 or name) and port."""
@@ -40,10 +48,8 @@ class ServerConfig:
     proxy_protocol: bool = False
     proxy_timeout: float = 5.0
     backlog: int = 1024
-    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
-        ipaddress.ip_network("127.0.0.0/8"),
-        ipaddress.ip_network("::1/128"),
-    )
+    proxy_networks: tuple[Network, ...] = LOOPBACK  # may send a PROXY header
+    plaintext_networks: tuple[Network, ...] = LOOPBACK  # may log in without TLS
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,10 @@ class LimitsConfig:
     max_connections_per_user: int = 5
     max_messages_per_session: int = 10000
     max_bad_commands: int = 10
+    login_deadline: float = 180.0  # seconds from connecting to logging in, whatever is sent
+    max_connections_per_address: int = 50  # across every worker and host sharing memcached
+    max_tls_handshakes_per_address: int = 10  # in progress at once, per worker
+    ipv6_prefix: int = 64  # IPv6 clients are counted by this prefix for limits and lockouts
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +95,10 @@ class AuthConfig:
     scope: str = "pop3"
     cache_ttl: int = 30
     failure_delay: float = 2.0
-    max_failures: int = 5
+    max_failures: int = 5  # per (client address, login name) within `lockout`
     lockout: int = 900
+    verify_budget: int = 300  # fresh bcrypt verifications per client address per verify_window
+    verify_window: int = 60
     bcrypt_cost: int = 10
     allow_plaintext: bool = False
     threads: int = 4

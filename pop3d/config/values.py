@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, get_args, get_origin, get_type_hints
 
 from pop3d.config.problems import ConfigError, ConfigProblem
-from pop3d.config.schema import SECTIONS, Address
+from pop3d.config.schema import DEPRECATED, SECTIONS, Address
 
 
 class Collector:
@@ -60,6 +60,25 @@ def build_section(section: str, values: Any, collector: Collector) -> Any:
         if value is not _INVALID:
             converted[key] = value
     return cls(**converted)
+
+
+def replace_deprecated(section: str, values: Any, collector: Collector) -> Any:
+    """The section's table with each deprecated key turned into the keys that replace it (those
+    the file does not set itself), and a warning for each; an invalid value is an error under
+    the deprecated key's own name."""
+    if not isinstance(values, dict):
+        return values
+    table = dict(values)
+    hints = get_type_hints(SECTIONS[section])
+    for old, new in DEPRECATED.get(section, {}).items():
+        if old not in table:
+            continue
+        value = table.pop(old)
+        key = f"{section}.{old}"
+        collector.warn(key, f"deprecated: use {' and '.join(new)} instead (read as both)")
+        if _convert(hints[new[0]], value, key, collector) is not _INVALID:
+            table.update({replacement: value for replacement in new if replacement not in table})
+    return table
 
 
 _INVALID: Any = object()

@@ -2,9 +2,17 @@
 
 The pidfile appears complete or not at all: the pid is written to a private temporary file
 (opened with O_EXCL) that is then hard-linked into place, and the link fails if a pidfile exists.
-An existing pidfile whose process is alive stops a second master; one whose process is gone (a
-crash, a reboot without tmpfs) is replaced.  On exit the master removes the pidfile only if it
-still names the master, so a master that lost a race never deletes the winner's pidfile.
+An existing pidfile whose process is a live pop3d master stops a second master; one whose process
+is gone or is something else (a crash, a reboot without tmpfs, the pid reused) is replaced.  On
+exit the master removes the pidfile only if it still names the master, so a master that lost a
+race never deletes the winner's pidfile.
+
+The directory usually belongs to the service user, who could swap any name in it for a symlink:
+root never changes an owner by path here.  The pidfile is given to the service user through the
+descriptor of the temporary file root just created (O_EXCL, which never follows a symlink),
+before it is linked into place.  Likewise :func:`is_master` lets ``stop`` and ``reload`` check
+that the pid the file names is a pop3d master (its process title, or its command line before
+the title is set) before they signal it.
 
 The status file (``<pidfile>.status``, JSON) is what ``pop3d status`` and ``pop3d reload`` read;
 the master replaces it atomically with ``rename``, so a reader never sees half of it, and rewrites
@@ -59,6 +67,28 @@ def process_alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
+def looks_like_master(cmdline: bytes) -> bool:
+    """Whether a /proc/<pid>/cmdline is a pop3d master's: its process title ``pop3d: master
+    [...]``, or, in the moment before it sets one, ``... pop3d start ...``."""
+    if cmdline.startswith(b"pop3d: master"):
+        return True
+    argv = [arg for arg in cmdline.split(b"\0") if arg]
+    if b"start" not in argv:
+        return False
+    before = argv[:argv.index(b"start")]
+    return any(os.path.basename(arg) == b"pop3d" for arg in before)
+
+
+def is_master(pid: int) -> bool:
+    """Whether the live process ``pid`` is a pop3d master; True when that cannot be checked (no
+    procfs, or one that hides other users' processes): then kill(0) is all there is to go by."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return looks_like_master(cmdline)
+
+
 def status_path(pidfile: str) -> str:
     """Where the master publishes its status: next to the pidfile."""
     return pidfile + ".status"
@@ -71,10 +101,11 @@ class Pidfile:
         self.path = path
         self.pid: int | None = None
 
-    def create(self, pid: int | None = None) -> None:
-        """Record ``pid`` (default: this process); PidfileError if a live process owns it."""
+    def create(self, pid: int | None = None, owner: tuple[int, int] | None = None) -> None:
+        """Record ``pid`` (default: this process) in a file owned by ``owner`` (uid, gid; None:
+        whoever runs this); PidfileError if a live pop3d master owns it."""
         pid = os.getpid() if pid is None else pid
-        temporary = self._write_temporary(pid)
+        temporary = self._write_temporary(pid, owner)
         try:
             self._install(temporary, pid)
         finally:
@@ -82,7 +113,7 @@ class Pidfile:
                 os.unlink(temporary)
         self.pid = pid
 
-    def _write_temporary(self, pid: int) -> str:
+    def _write_temporary(self, pid: int, owner: tuple[int, int] | None) -> str:
         temporary = f"{self.path}.{pid}.tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
@@ -91,6 +122,8 @@ class Pidfile:
         except OSError as exc:
             raise PidfileError(f"cannot write pidfile {self.path}: {exc.strerror}") from None
         with os.fdopen(fd, "w", encoding="ascii") as f:
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)  # this very file, whatever the path names now
             f.write(f"{pid}\n")
         return temporary
 
@@ -103,9 +136,9 @@ class Pidfile:
         except OSError as exc:
             raise PidfileError(f"cannot create pidfile {self.path}: {exc.strerror}") from None
         owner = read_pid(self.path)
-        if owner is not None and owner != pid and process_alive(owner):
+        if owner is not None and owner != pid and process_alive(owner) and is_master(owner):
             raise PidfileError(f"already running as pid {owner} (pidfile {self.path})")
-        os.replace(temporary, self.path)  # stale: the process it names is gone
+        os.replace(temporary, self.path)  # stale: the process it names is gone (or not ours)
         if read_pid(self.path) != pid:
             raise PidfileError(f"another pop3d took pidfile {self.path} at the same time")
 

@@ -3,8 +3,9 @@
 Make sure the service user will be able to open every file it needs later
 (:mod:`~pop3d.master.access`), take the pidfile (creating its directory, owned by the service
 user), bind every ``listen``/``tls_listen`` address, raise RLIMIT_NOFILE for the workers to
-inherit, then drop privileges, first giving the service user the pidfile and the log file root
-opened, so it can remove the one and reopen the other.  Any failure undoes what was done and
+inherit, then drop privileges, having given the service user the pidfile and the log file root
+opened (through their descriptors, never by a path it could swap for a symlink), so it can
+remove the one and reopen the other.  Any failure undoes what was done and
 becomes one :class:`StartError` line for the operator.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 
 from pop3d import log as log_module
 from pop3d.config import Config
@@ -39,10 +39,10 @@ def acquire(config: Config, pidfile: Pidfile) -> list[Listener]:
         account = access.service_account(server.user, server.group)
         make_pidfile_directory(pidfile.path, account)
         check_access(config, account)
-        pidfile.create()
+        pidfile.create(owner=None if account is None else (account.uid, account.gid))
         listeners, _ = bind_all(server)
         raise_nofile_limit(server.worker_connections)
-        drop_privileges(server.user, server.group, chown=[server.pidfile])
+        drop_privileges(server.user, server.group)
     except (PidfileError, BindError, StartError, access.AccessError, OSError) as exc:
         close_all(listeners)
         pidfile.remove()
@@ -79,22 +79,20 @@ def make_pidfile_directory(pidfile: str, owner: access.Account | None = None) ->
     if os.path.isdir(directory):
         return []
     os.makedirs(directory, mode=PIDFILE_DIRECTORY_MODE)
-    if owner is not None:
-        os.chown(directory, owner.uid, owner.gid)
+    if owner is not None:  # never through a symlink swapped in meanwhile
+        os.chown(directory, owner.uid, owner.gid, follow_symlinks=False)
     return [directory]
 
 
-def drop_privileges(user: str, group: str, chown: Sequence[str] = ()) -> None:
-    """Become ``user``:``group`` (group default: the user's), after chowning ``chown`` and the
-    log file root opened (:func:`pop3d.log.hand_over`)."""
+def drop_privileges(user: str, group: str) -> None:
+    """Become ``user``:``group`` (group default: the user's), after giving it the log file root
+    opened (:func:`pop3d.log.hand_over`; the pidfile was given by :meth:`Pidfile.create`)."""
     try:
         account = access.service_account(user, group)
     except access.AccessError as exc:
         raise StartError(str(exc)) from None
     if account is None:
         return
-    for path in chown:
-        os.chown(path, account.uid, account.gid)
     for path in log_module.hand_over(account.uid, account.gid):
         log.info("log file %s now belongs to %s, so it can be reopened", path, user)
     os.initgroups(account.name, account.gid)

@@ -6,6 +6,11 @@ The caller keeps every byte received on a PROXY-enabled listener and calls
 (close the connection), or the header is complete: its first ``consumed`` octets are the header
 and whatever follows is the client's own first bytes.  ``source`` None (v1 UNKNOWN, v2 LOCAL, a
 non-IP family) means: use the socket's real peer address.
+
+Addresses come out in one spelling, fit for logs and for counting: IPv6 compressed in lower
+case, an IPv4-mapped IPv6 address as its IPv4 address.  A v1 header must already spell them so
+(as proxies do, inet_ntop's form): a zone id (``fe80::1%eth0``), upper case, leading zeros or
+any other spelling is refused, since such text is someone's invention and would reach the log.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"  # proxy-protocol.txt §2.2: the 12-oct
 V2_FIXED_LENGTH = 16  # signature, version/command, family/transport, 2-octet length
 V2_MAX_PAYLOAD = 2048  # addresses plus TLVs; real proxies send a few hundred octets at most
 MAX_PORT = 65535
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _V2_COMMAND_LOCAL = 0x0
 _V2_COMMAND_PROXY = 0x1
@@ -89,15 +96,32 @@ def _v1_fields(fields: list[bytes], length: int) -> ProxyResult:
 
 
 def _v1_endpoint(address: bytes, port: bytes, family: int) -> tuple[str, int] | None:
-    try:
-        text = address.decode("ascii")
-        ip = ipaddress.IPv4Address(text) if family == 4 else ipaddress.IPv6Address(text)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    if not port.isdigit() or len(port) > 5 or (port[:1] == b"0" and port != b"0"):
+    ip = _v1_address(address, family)
+    if ip is None or not port.isdigit() or len(port) > 5 or (port[:1] == b"0" and port != b"0"):
         return None
     number = int(port)
-    return (str(ip), number) if number <= MAX_PORT else None
+    return (_canonical(ip), number) if number <= MAX_PORT else None
+
+
+def _v1_address(address: bytes, family: int) -> IPAddress | None:
+    """The address if ``address`` is its canonical spelling (for a mapped IPv4 address, also
+    ``::ffff:a.b.c.d``), else None."""
+    if b"%" in address or not address.isascii():
+        return None
+    text = address.decode("ascii")
+    try:
+        ip = ipaddress.IPv4Address(text) if family == 4 else ipaddress.IPv6Address(text)
+    except ValueError:
+        return None
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    if text == str(ip) or (mapped is not None and text == f"::ffff:{mapped}"):
+        return ip
+    return None
+
+
+def _canonical(ip: IPAddress) -> str:
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped if mapped is not None else ip)
 
 
 def _parse_v2(data: bytes, max_payload: int) -> ProxyResult:
@@ -133,4 +157,4 @@ def _v2_addresses(family: int, payload: bytes, length: int) -> ProxyResult:
 
 
 def _ip(packed: bytes) -> str:
-    return str(ipaddress.ip_address(packed))
+    return _canonical(ipaddress.ip_address(packed))

@@ -128,6 +128,19 @@ class Accounts:
         """Revoke a key given by id or public prefix; False when it already was revoked."""
         return self.db.run(functools.partial(_revoke_key, key=key.strip()))
 
+    def set_scopes(self, key: str, scopes: Sequence[str]) -> bool:
+        """Give a key (by id or prefix) exactly these scopes; False when it had them already."""
+        return self.db.run(functools.partial(_set_scopes, key=key.strip(), scopes=list(scopes)))
+
+    def key_owner(self, key: str) -> str:
+        """The user id of a key given by id or public prefix, or NoSuchKey."""
+        return self.db.run(functools.partial(_key_owner, key=key.strip()))
+
+    def login_names(self, user_id: str) -> list[str]:
+        """Every address the user could log in with: the primary one and every alias (verified
+        or not, so a name that becomes verified later is covered too)."""
+        return self.db.run(functools.partial(_login_names, user_id=user_id))
+
 
 def _require_user(cur: Cursor, *, address: str) -> UserRecord:
     user = find_user(cur, address.strip())
@@ -201,6 +214,33 @@ def _revoke_key(cur: Cursor, *, key: str) -> bool:
     cur.execute("UPDATE api_keys SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL",
                 (rows[0][0],))
     return cur.rowcount == 1
+
+
+def _key_row(cur: Cursor, key: str) -> tuple[str, str]:
+    """(key id, user id) of the key with this id or prefix, locked for the transaction."""
+    cur.execute("SELECT id::text, user_id::text FROM api_keys WHERE id = %s OR prefix = %s"
+                " FOR UPDATE", (as_uuid(key), key))
+    rows = cur.fetchall()
+    if len(rows) != 1:
+        raise NoSuchKey(f"no API key has the id or prefix {key!r}")
+    return rows[0][0], rows[0][1]
+
+
+def _key_owner(cur: Cursor, *, key: str) -> str:
+    return _key_row(cur, key)[1]
+
+
+def _set_scopes(cur: Cursor, *, key: str, scopes: list[str]) -> bool:
+    key_id, _ = _key_row(cur, key)
+    cur.execute("UPDATE api_keys SET scopes = %(s)s::text[] WHERE id = %(k)s"
+                " AND scopes IS DISTINCT FROM %(s)s::text[]", {"s": scopes, "k": key_id})
+    return cur.rowcount == 1
+
+
+def _login_names(cur: Cursor, *, user_id: str) -> list[str]:
+    cur.execute("SELECT address FROM users WHERE id = %(u)s UNION"
+                " SELECT address FROM user_addresses WHERE user_id = %(u)s", {"u": user_id})
+    return sorted(str(row[0]) for row in cur)
 
 
 def _one(cur: Cursor) -> object:

@@ -2,9 +2,9 @@
 
 This is the one place that picks implementations for the ports: PostgreSQL for the maildrop and
 the credentials, bcrypt API keys for authentication (with the memcached auth cache and rate
-limiter), the memcached registry for the per-user session limit, and statsd (or nothing) for
-metrics.  It also gives the master the one thing it needs from memcached: freeing the slots of
-a worker that died without releasing them.
+limiter), the memcached registries for the per-user session limit and the per-address
+connection limit, and statsd (or nothing) for metrics.  It also gives the master the one thing
+it needs from memcached: freeing the slots of a worker that died without releasing them.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ class Backends:
         this worker's registry slots from expiring."""
         self.authenticator.flush_touches(force=False)
         self.shared.registry.refresh_if_due()
+        self.shared.connections.refresh_if_due()
 
     def close(self) -> None:
         self.authenticator.flush_touches(force=True)
@@ -81,34 +82,41 @@ def build_backends(config: Config) -> Backends:
                           application_name=f"pop3d worker {os.getpid()}")
     credentials = PgCredentialStore(settings)
     database = Database(settings)
-    shared = _shared_state(config)
+    shared = shared_state(config)
     auth = config.auth
+    metrics = metrics_for(config.statsd)
     authenticator = KeyAuthenticator(credentials, scope=auth.scope, bcrypt_cost=auth.bcrypt_cost,
                                      cache=shared.auth_cache if auth.cache_ttl > 0 else None,
                                      cache_secret=read_secret(config), cache_ttl=auth.cache_ttl,
-                                     rate_limiter=shared.rate_limiter)
+                                     rate_limiter=shared.rate_limiter, metrics=metrics)
     return Backends(maildrop=PgMaildrop(database), authenticator=authenticator,
-                          credentials=credentials, shared=shared,
-                          metrics=metrics_for(config.statsd), database=database)
+                    credentials=credentials, shared=shared, metrics=metrics, database=database)
 
 
 def release_worker_slots(config: Config, pid: int) -> None:
-    """For the master, after reaping worker ``pid``: free the registry slots its sessions held
-    (a SIGKILLed worker could not).  Never raises; a fresh client each time, so no socket is
-    inherited by the workers the master forks later."""
-    shared = _shared_state(config)
+    """For the master, after reaping worker ``pid``: free the registry slots its sessions and
+    connections held (a SIGKILLed worker could not).  Never raises; a fresh client each time,
+    so no socket is inherited by the workers the master forks later."""
+    shared = shared_state(config)
     try:
         freed = shared.registry.release_worker(session_prefix(pid))
         if freed:
             log.info("released %d registry slots of worker %d", freed, pid)
+        freed = shared.connections.release_worker(session_prefix(pid))
+        if freed:
+            log.info("released %d connection slots of worker %d", freed, pid)
     finally:
         shared.close()
 
 
-def _shared_state(config: Config) -> SharedState:
+def shared_state(config: Config) -> SharedState:
+    """A new client and the ports over it, as ``config`` sets them (the admin commands use it
+    too: they bump generations and unlock)."""
     m, auth = config.memcached, config.auth
     return build_shared_state(m.servers, m.timeout, m.registry_failure,
-                              max_failures=auth.max_failures, lockout=auth.lockout)
+                              max_failures=auth.max_failures, lockout=auth.lockout,
+                              verify_budget=auth.verify_budget, verify_window=auth.verify_window,
+                              ipv6_prefix=config.limits.ipv6_prefix)
 
 
 def metrics_for(settings: StatsdConfig) -> StatsdMetrics | NullMetrics:

@@ -14,8 +14,16 @@ only runs logins on its thread pool, wakes held replies up on time and forgets c
 Back-pressure: the channel asks the session for the next effect only while nothing is pending
 (no authentication running, no held reply, no store request out, no STLS in flight, no body
 still streaming) and its output is under :data:`HIGH_WATER`; it reads the socket only under the
-same condition, so a client that pipelines without reading stalls itself and nobody else.
+same condition, and only while the session holds at most ``limits.max_unparsed`` octets of
+input it has not parsed yet, so a client that pipelines without reading (or reads a little)
+stalls itself and nobody else, and a channel holds at most that plus one read of input.
 Message bodies are pulled from the store's stream only when the output has room.
+
+Per-address limits (:class:`Admission`, :mod:`pop3d.worker.admission`) are asked once the
+client address is known (after the PROXY header), before the greeting or the implicit-TLS
+handshake, and before each TLS handshake; a channel gives back what it took when it closes.
+Before login, a channel also has an absolute deadline (``limits.login_deadline``), counted from
+the connection whatever the client sends.
 
 The store's streams yield requests (database jobs) between their bytes.  The channel hands each
 to the host, which completes it without blocking the loop, and pulls the stream on only when
@@ -25,6 +33,7 @@ their first bytes, QUIT for its UPDATE) as for a body being sent.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import selectors
@@ -36,8 +45,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pop3d.ports import Chunks, Metrics, StoreRequest
+from pop3d.protocol.parser import MAX_LINE_LENGTH
 from pop3d.protocol.proxy import ProxyHeaderParser
 from pop3d.session import Authenticate, Await, Effect, LoginGrant, Send, Session, StartTls
+from pop3d.worker.admission import UNLIMITED, Admission
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +56,8 @@ READ_SIZE = 65536  # one recv; the input a channel can hold unparsed is bounded 
 HIGH_WATER = 512 * 1024  # stop producing output (and reading) above this many queued octets
 WRITE_SIZE = 256 * 1024  # at most this much per send(); TLS retries the same prefix
 PROXY_PEEK = 536  # bytes peeked per read: a v1 header (<= 107) or a usual v2 one in one go
+TOO_MANY_CONNECTIONS = b"-ERR [SYS/TEMP] Too many connections from your address, try later\r\n"
+TOO_MANY_HANDSHAKES = b"-ERR [SYS/TEMP] Too many TLS handshakes from your address, try later\r\n"
 
 
 class Phase(enum.Enum):
@@ -83,12 +96,15 @@ class SessionFactory(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ChannelLimits:
-    """Seconds a channel may spend in each phase before the worker closes it."""
+    """Seconds a channel may spend in each phase before the worker closes it, and the input it
+    may hold unparsed."""
 
     proxy_timeout: float = 5.0  # for the PROXY header
     handshake_timeout: float = 30.0  # for a TLS handshake
     login_timeout: float = 60.0  # without a command, before login
     idle_timeout: float = 600.0  # without a command, after login (RFC 1939: at least 600)
+    login_deadline: float = 180.0  # from connecting to logged in, whatever the client sends
+    max_unparsed: int = 2 * (MAX_LINE_LENGTH + 2)  # two longest lines: reading stops above it
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +118,7 @@ class ChannelSetup:
     clock: Callable[[], float]  # monotonic seconds
     limits: ChannelLimits
     proxy: bool = False  # every connection starts with a PROXY header
+    admission: Admission = UNLIMITED
 
 
 class Channel:
@@ -117,7 +134,7 @@ class Channel:
         self.implicit_tls = implicit_tls
         self.session: Session | None = None
         self._phase_started = self._clock()
-        self._last_activity = self._phase_started
+        self._connected = self._last_activity = self._phase_started
         self._out: deque[memoryview] = deque()
         self._out_bytes = 0
         self._stream: Chunks | None = None
@@ -153,7 +170,7 @@ class Channel:
         if self.phase is Phase.PROXY:
             return selectors.EVENT_READ
         events = selectors.EVENT_WRITE if self._out else 0
-        if self._ready_for_input():
+        if self._may_read():
             events |= selectors.EVENT_READ
         return events
 
@@ -170,6 +187,9 @@ class Channel:
     def expired(self, now: float) -> str | None:
         """Why the channel has been in its phase too long and must close, or None."""
         limits = self._setup.limits
+        if now - self._connected > limits.login_deadline and not self.authenticated \
+                and not self._awaiting_auth:
+            return "login deadline"
         waited = now - self._phase_started
         if self.phase is Phase.PROXY and waited > limits.proxy_timeout:
             return "PROXY header timeout"
@@ -189,7 +209,7 @@ class Channel:
         elif self.phase is Phase.HANDSHAKE:
             self._continue_handshake()
         else:
-            if mask & selectors.EVENT_READ and self._ready_for_input():
+            if mask & selectors.EVENT_READ and self._may_read():
                 self._read()
             self._progress()
 
@@ -227,6 +247,7 @@ class Channel:
         self.phase = Phase.CLOSED
         self._out.clear()
         self._stream = self._await = None
+        self._setup.admission.release(self)
         try:
             if self.session is not None:
                 leftover = self.session.close(reason)
@@ -273,11 +294,21 @@ class Channel:
 
     def _after_proxy(self) -> None:
         self._phase_started = self._clock()
-        if self.implicit_tls:
+        if not self._setup.admission.admit(self):
+            self._refuse(TOO_MANY_CONNECTIONS, "too many connections from this address")
+        elif self.implicit_tls:
             self._start_handshake()
         else:
             self._open_session(tls=False)
             self._progress()
+
+    def _refuse(self, reply: bytes, reason: str) -> None:
+        """Answer ``reply`` and close at once (in the clear: not on an implicit-TLS port, where
+        the client expects a handshake and could not read it)."""
+        if not self.implicit_tls:
+            with contextlib.suppress(OSError):
+                self.sock.send(reply)  # a fresh socket's buffer takes one short line
+        self.close(reason)
 
     # --- TLS --------------------------------------------------------------------------------
 
@@ -285,6 +316,9 @@ class Channel:
         context = self._setup.tls_context
         if context is None:
             self.close("TLS requested but no certificate is configured")
+            return
+        if not self._setup.admission.begin_handshake(self):
+            self.close("too many TLS handshakes from this address")
             return
         self.phase = Phase.HANDSHAKE
         self._phase_started = self._clock()
@@ -310,6 +344,7 @@ class Channel:
             self._setup.metrics.incr("tls.failures")
             self.close(f"TLS handshake failed: {_reason(exc)}")
             return
+        self._setup.admission.end_handshake(self)
         self._setup.metrics.incr("tls.handshakes")
         if self.session is None:
             self._open_session(tls=True)
@@ -326,6 +361,11 @@ class Channel:
         self.session = self._setup.open_session(self.client_ip, tls=tls,
                                                 known_source=self._known_source)
         self._append(self.session.greeting())
+
+    def _may_read(self) -> bool:
+        """Read the socket?  Only when the session may take input and has parsed what it has."""
+        return (self._ready_for_input() and self.session is not None
+                and self.session.buffered <= self._setup.limits.max_unparsed)
 
     def _ready_for_input(self) -> bool:
         return (self.phase is Phase.SESSION and not self._awaiting_auth and self._held is None
@@ -350,7 +390,7 @@ class Channel:
                 return
             if not self._ready_for_input():
                 return
-            if self._tls_pending():
+            if self._tls_pending() and self._may_read():
                 self._read()
             elif starved:
                 return
@@ -379,8 +419,12 @@ class Channel:
             else:
                 self._queue(effect)
         elif isinstance(effect, StartTls):
-            self._append(effect.data)
-            self._tls_after_flush = True
+            if self._setup.admission.begin_handshake(self):
+                self._append(effect.data)
+                self._tls_after_flush = True
+            else:  # the +OK would promise a handshake: refuse instead, and close
+                self._append(TOO_MANY_HANDSHAKES)
+                self._close_after_flush = "too many TLS handshakes from this address"
         elif isinstance(effect, Authenticate):
             self._awaiting_auth = True
             self.host.submit_login(self, effect)

@@ -41,13 +41,15 @@ from typing import Any
 from setproctitle import setproctitle
 
 from pop3d import log as logsetup
-from pop3d.config import TLS_VERSIONS, Config, is_trusted
+from pop3d.adapters.keys import canonical_ip
+from pop3d.config import TLS_VERSIONS, Config, in_networks
 from pop3d.handoff import EXIT_OK, EXIT_WORKER_BOOT_ERROR, Listener
 from pop3d.heartbeat import Heartbeat
 from pop3d.ports import Chunks, StoreRequest
 from pop3d.session import Authenticate, LoginGrant, Peer, Services, Session, SessionSettings
 from pop3d.store.aio import AsyncDatabase
 from pop3d.store.jobs import Job
+from pop3d.worker.admission import AddressLimits
 from pop3d.worker.backends import Backends, build_backends, session_prefix
 from pop3d.worker.channel import Channel, ChannelHost, ChannelLimits, ChannelSetup
 from pop3d.worker.wakeup import FAST_SIGNALS, Wakeup
@@ -114,7 +116,8 @@ class Worker(ChannelHost):
         self.channel_setup = ChannelSetup(
             host=self, open_session=self._open_session, tls_context=self.tls_context,
             metrics=self.backends.metrics, clock=time.monotonic,
-            limits=channel_limits(self.config), proxy=self.config.server.proxy_protocol)
+            limits=channel_limits(self.config), proxy=self.config.server.proxy_protocol,
+            admission=address_limits(self.config, self.backends))
         self._set_accepting(True)
         self.heartbeat.beat(0)
         log.info("worker %d serving (pid %d)", self.age, os.getpid())
@@ -214,11 +217,11 @@ class Worker(ChannelHost):
             log.debug("connection from %s lost at once: %s", client_ip, exc.strerror)
             sock.close()
             return
-        if client_ip.startswith("::ffff:"):
-            client_ip = client_ip[len("::ffff:"):]
+        client_ip = canonical_ip(client_ip)  # no zone, IPv4-mapped as IPv4: one spelling
         self.backends.metrics.incr("connections")
-        if self.config.server.proxy_protocol and not is_trusted(self.config, client_ip):
-            log.warning("refusing %s: PROXY protocol is only accepted from trusted_networks",
+        if self.config.server.proxy_protocol and \
+                not in_networks(client_ip, self.config.server.proxy_networks):
+            log.warning("refusing %s: PROXY protocol is only accepted from proxy_networks",
                         client_ip)
             sock.close()
             return
@@ -275,7 +278,7 @@ class Worker(ChannelHost):
 
     def _open_session(self, client_ip: str, *, tls: bool, known_source: bool) -> Session:
         """The channels' session factory: the peer's policy comes from the configuration."""
-        trusted = known_source and is_trusted(self.config, client_ip)
+        trusted = known_source and in_networks(client_ip, self.config.server.plaintext_networks)
         peer = Peer(client_ip=client_ip, tls=tls,
                     plaintext_ok=trusted or self.config.auth.allow_plaintext,
                     stls_available=self.tls_context is not None and not tls)
@@ -437,7 +440,18 @@ def channel_limits(config: Config) -> ChannelLimits:
         handshake_timeout=config.tls.handshake_timeout,
         login_timeout=config.limits.login_timeout,
         idle_timeout=config.limits.idle_timeout,
+        login_deadline=config.limits.login_deadline,
+        max_unparsed=2 * (config.limits.line_length + 2),  # two of the longest lines
     )
+
+
+def address_limits(config: Config, backends: Backends) -> AddressLimits:
+    limits = config.limits
+    return AddressLimits(connections=backends.shared.connections,
+                         max_connections=limits.max_connections_per_address,
+                         max_handshakes=limits.max_tls_handshakes_per_address,
+                         metrics=backends.metrics, id_prefix=session_prefix(os.getpid()),
+                         ipv6_prefix=limits.ipv6_prefix)
 
 
 def session_settings(config: Config) -> SessionSettings:

@@ -39,7 +39,7 @@ from .conftest import MasterHandle, Settings, default_settings, free_port, launc
 
 TEST_BCRYPT_COST = 4  # bcrypt's minimum: logins in a load test cost ~1 ms, not ~100 ms
 CLIENT_TIMEOUT = 10.0  # seconds any test client waits for a reply before failing
-UNTRUSTED_SOURCE = "127.0.0.2"  # a loopback address outside the test trusted_networks
+UNTRUSTED_SOURCE = "127.0.0.2"  # a loopback address outside the test plaintext_networks
 
 
 # --- the mail store ------------------------------------------------------------------------
@@ -141,16 +141,21 @@ def server_settings(dsn: str, services: dict[str, str], overrides: Settings | No
     """What a real worker needs on top of the e2e defaults; ``overrides`` merged last."""
     base: Settings = {
         "server": {"tls_listen": [f"127.0.0.1:{free_port()}"], "workers": 2,
-                   "trusted_networks": ["127.0.0.1/32"], "worker_timeout": 5},
+                   "proxy_networks": ["127.0.0.1/32"], "plaintext_networks": ["127.0.0.1/32"],
+                   "worker_timeout": 5},
         "tls": {"cert": services["POP3D_TEST_CERT"], "key": services["POP3D_TEST_KEY"],
                 "handshake_timeout": 3},
-        "limits": {"login_timeout": 20, "idle_timeout": 30},
+        # Load tests open hundreds of connections from 127.0.0.1: the per-address limits are
+        # tested on their own addresses (test_server_hardening.py).
+        "limits": {"login_timeout": 20, "idle_timeout": 30,
+                   "max_connections_per_address": 100_000,
+                   "max_tls_handshakes_per_address": 100_000},
         "database": {"dsn": dsn, "connect_timeout": 2, "statement_timeout": 4},
         "memcached": {"servers": [services["POP3D_TEST_MEMCACHED"]]},
         # Many tests fail logins on purpose from 127.0.0.1: the shared memcached must not lock
         # that address out for the tests after them (the lockout test uses its own address).
         "auth": {"bcrypt_cost": TEST_BCRYPT_COST, "failure_delay": 0.1,
-                 "max_failures": 1_000_000},
+                 "max_failures": 1_000_000, "verify_budget": 1_000_000},
     }
     return merge(base, overrides)
 

@@ -93,7 +93,7 @@ def test_headers_from_untrusted_addresses_are_refused(proxied):
     with Client.connect(proxied.port, source="127.0.0.2") as client:
         client.send(proxy_v1("127.0.0.1"))
         assert client.closed_by_server()
-    assert "refusing 127.0.0.2: PROXY protocol is only accepted from trusted_networks" \
+    assert "refusing 127.0.0.2: PROXY protocol is only accepted from proxy_networks" \
         in proxied.log_text()
 
 

@@ -67,7 +67,7 @@ def test_a_killed_workers_slots_are_freed_by_the_master(master, mail_store: Mail
 
 
 def test_an_address_is_locked_out_after_max_failures(start_server, mail_store: MailStore):
-    master = start_server({"server": {"workers": 1, "trusted_networks": ["127.0.0.0/8"]},
+    master = start_server({"server": {"workers": 1, "plaintext_networks": ["127.0.0.0/8"]},
                            "auth": {"max_failures": 2, "lockout": 60}})
     account = mail_store.account([message("locked out")])
     # Loopback addresses of their own: other tests (and earlier runs) fail logins from

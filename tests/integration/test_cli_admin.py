@@ -24,10 +24,11 @@ MESSAGE = (b"From: Sender <sender@example.org>\nTo: ann@example.com\nBcc: hidden
            b"Subject: hello\n\nfirst line\n.\n..dots\nno final newline")
 
 
-def _config(tmp_path: Path, dsn: str, name: str = "pop3d.toml") -> Path:
+def _config(tmp_path: Path, dsn: str, name: str = "pop3d.toml", memcached: str = "") -> Path:
     path = tmp_path / name
+    servers = f'[memcached]\nservers = ["{memcached}"]\n' if memcached else ""
     path.write_text(f'[server]\ntls_listen = []\n\n[database]\ndsn = "{dsn}"\n'
-                    f"connect_timeout = 2\n\n[auth]\nbcrypt_cost = 4\n")
+                    f"connect_timeout = 2\n\n[auth]\nbcrypt_cost = 4\n{servers}")
     return path
 
 
@@ -46,8 +47,8 @@ def _errors(result: subprocess.CompletedProcess[str]) -> list[str]:
 
 
 @pytest.fixture
-def config(tmp_path: Path, make_database: Callable[[], str]) -> Path:
-    return _config(tmp_path, make_database())
+def config(tmp_path: Path, make_database: Callable[[], str], services: dict[str, str]) -> Path:
+    return _config(tmp_path, make_database(), memcached=services["POP3D_TEST_MEMCACHED"])
 
 
 def _closed_port() -> int:
@@ -173,6 +174,42 @@ def test_user_and_key_management(config: Path) -> None:
     assert listed[1:4] == [key[:13], "k", "pop3,imap"]
     assert pop3d(config, "key", "revoke", listed[0]).returncode == 0
     assert "revoked" in pop3d(config, "key", "list", "ann@example.com").stdout.split("\t")[6]
+
+
+def test_key_scopes_replaces_the_scopes(config: Path) -> None:
+    pop3d(config, "db", "migrate")
+    pop3d(config, "user", "add", "ann@example.com")
+    key = pop3d(config, "key", "create", "ann@example.com", "--name", "k").stdout.strip()
+    changed = pop3d(config, "key", "scopes", key[:13], "--scope", "imap", "--scope", "smtp")
+    assert (changed.returncode, changed.stdout) == (0, f"{key[:13]} now has scopes imap,smtp\n")
+    assert pop3d(config, "key", "list", "ann@example.com").stdout.split("\t")[3] == "imap,smtp"
+    again = pop3d(config, "key", "scopes", key[:13], "--scope", "imap", "--scope", "smtp")
+    assert again.stdout == f"{key[:13]} already had scopes imap,smtp\n"
+    assert pop3d(config, "key", "scopes", "pk_nonexistent", "--scope", "pop3").returncode == 66
+    assert pop3d(config, "key", "scopes", key[:13], "--scope", "Bad").returncode == EX_USAGE
+    assert pop3d(config, "key", "scopes", key[:13]).returncode != 0  # --scope is required
+
+
+def test_a_change_made_while_memcached_is_down_says_how_long_cached_logins_last(
+        config: Path, tmp_path: Path) -> None:
+    pop3d(config, "db", "migrate")
+    pop3d(config, "user", "add", "ann@example.com")
+    key = pop3d(config, "key", "create", "ann@example.com", "--name", "k").stdout.strip()
+    down = _config(tmp_path, _dsn_of(config), "down.toml", memcached=f"127.0.0.1:{_closed_port()}")
+    result = pop3d(down, "key", "revoke", key[:13])
+    assert (result.returncode, result.stdout) == (0, f"revoked {key[:13]}\n")
+    assert "logins cached before this change may still succeed for up to auth.cache_ttl (30 s)" \
+        in result.stderr
+    assert "revoked" in pop3d(config, "key", "list", "ann@example.com").stdout
+
+
+def test_unlock_needs_something_to_unlock_and_real_addresses(config: Path, tmp_path: Path) -> None:
+    assert pop3d(config, "unlock").returncode == EX_USAGE
+    assert pop3d(config, "unlock", "--address", "not-an-ip").returncode == EX_USAGE
+    down = _config(tmp_path, _dsn_of(config), "down.toml", memcached=f"127.0.0.1:{_closed_port()}")
+    result = pop3d(down, "unlock", "--address", "192.0.2.1")
+    assert result.returncode == EX_TEMPFAIL
+    assert "memcached unavailable, not everything was unlocked" in result.stderr
 
 
 def test_two_concurrent_migrate_processes(config: Path) -> None:

@@ -27,12 +27,13 @@ from pop3d.adapters.memcache import (
     MemcacheRegistry,
     build_shared_state,
 )
-from pop3d.auth import cache_key
+from pop3d.auth import cache_key, seal, unseal
 from pop3d.config import Address
 from pop3d.errors import BackendUnavailable
-from pop3d.ports import Principal
+from pop3d.ports import CachedLogin, Principal, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
+SECRET = b"s" * 32
 ALICE = Principal(user_id="3f0c5b8e-0000-4000-8000-000000000001", key_id="k-17",
                   address="alice@example.com")
 
@@ -143,59 +144,65 @@ def registry(client: MemcacheClient, ns: str, **options: object) -> MemcacheRegi
 # -- the auth cache -----------------------------------------------------------------------------
 
 
-def test_cache_returns_the_principal_it_was_given(client: MemcacheClient, ns: str) -> None:
+def test_cache_entries_and_generations_round_trip(client: MemcacheClient, ns: str) -> None:
     cache = MemcacheAuthCache(client, namespace=ns)
-    key = cache_key(b"secret", "pop3", "alice@example.com", "pk_x_y")
-    cache.put(key, ALICE, 30)
-    assert cache.get(key) == ALICE
-    raw = client.get(f"{ns}:auth:{key}")
-    assert raw is not None
-    assert json.loads(raw) == {
-        "ok": True, "user_id": ALICE.user_id, "key_id": "k-17", "address": "alice@example.com"}
+    digest = cache_key(SECRET, "pop3", "alice@example.com", "pk_x_y")
+    first = cache.get("alice@example.com", digest)
+    assert first.entry is None
+    entry = seal(SECRET, digest, ALICE, first.generation, time.time() + 30)
+    cache.put(digest, entry, 30)
+    found = cache.get("Alice@Example.com", digest)
+    assert found == CachedLogin(entry, first.generation)
+    assert unseal(SECRET, digest, found.entry or b"", found.generation, time.time()) == ALICE
+    cache.bump(["alice@example.com"])
+    assert int(cache.get("alice@example.com", digest).generation) == int(first.generation) + 1
 
 
-def test_cache_remembers_a_failure(client: MemcacheClient, ns: str) -> None:
+def test_a_generation_is_created_once_however_many_logins_race(client: MemcacheClient,
+                                                               ns: str) -> None:
     cache = MemcacheAuthCache(client, namespace=ns)
-    cache.put("ab" * 32, False, 30)
-    cache.put("cd" * 32, True, 30)  # success without a principal: nothing to remember
-    assert cache.get("ab" * 32) is False
-    assert cache.get("cd" * 32) is None
+    seen: list[str] = []
+    start = threading.Barrier(10)
+
+    def look_up() -> None:
+        start.wait()
+        seen.append(cache.get("racer@example.com", "ab" * 32).generation)
+
+    threads = [threading.Thread(target=look_up) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(seen)) == 1
 
 
 def test_cache_entries_expire(client: MemcacheClient, ns: str) -> None:
     cache = MemcacheAuthCache(client, namespace=ns)
-    cache.put("01" * 32, ALICE, 1)
-    cache.put("02" * 32, ALICE, 30)
+    cache.put("01" * 32, b"short", 1)
+    cache.put("02" * 32, b"long", 30)
     time.sleep(2.1)  # memcached counts whole seconds: a ttl of 1 lives less than 2
-    assert cache.get("01" * 32) is None
-    assert cache.get("02" * 32) == ALICE
+    assert cache.get("a@example.com", "01" * 32).entry is None
+    assert cache.get("a@example.com", "02" * 32).entry == b"long"
 
 
 def test_cache_never_stores_what_is_not_a_digest(client: MemcacheClient, ns: str) -> None:
     cache = MemcacheAuthCache(client, namespace=ns)
-    cache.put("alice pk_secret", False, 30)
-    assert cache.get("alice pk_secret") is False
+    cache.put("alice pk_secret", b"entry", 30)
     hashed = hashlib.sha256(b"alice pk_secret").hexdigest()
-    assert client.get(f"{ns}:auth:{hashed}") == b'{"ok":false}'
-
-
-def test_cache_reads_an_unknown_value_as_a_miss(client: MemcacheClient, ns: str) -> None:
-    cache = MemcacheAuthCache(client, namespace=ns)
-    client.set(f"{ns}:auth:{'ef' * 32}", b"\x80not json", 30)
-    client.set(f"{ns}:auth:{'fe' * 32}", b'{"ok": true, "user_id": 7}', 30)
-    assert cache.get("ef" * 32) is None
-    assert cache.get("fe" * 32) is None
+    assert client.get(f"{ns}:auth:{hashed}") == b"entry"
 
 
 def test_cache_with_memcached_down_raises_quickly(down_client: MemcacheClient) -> None:
     cache = MemcacheAuthCache(down_client)
     started = time.monotonic()
     with pytest.raises(BackendUnavailable) as raised:
-        cache.get("ab" * 32)
+        cache.get("alice@example.com", "ab" * 32)
     assert time.monotonic() - started < 0.5
     assert "[SYS/TEMP]" in raised.value.reply
     with pytest.raises(BackendUnavailable):
-        cache.put("ab" * 32, ALICE, 30)
+        cache.put("ab" * 32, b"entry", 30)
+    with pytest.raises(BackendUnavailable):
+        cache.bump(["alice@example.com"])
 
 
 def test_a_server_that_never_answers_times_out() -> None:
@@ -229,71 +236,76 @@ def test_client_recovers_after_a_memcached_restart(private_memcached: PrivateMem
 # -- the rate limiter ---------------------------------------------------------------------------
 
 
-def test_limiter_blocks_at_max_failures(client: MemcacheClient, ns: str) -> None:
+def test_limiter_locks_a_pair_at_max_failures(client: MemcacheClient, ns: str) -> None:
     limiter = MemcacheRateLimiter(client, max_failures=3, lockout=60, namespace=ns)
-    for _ in range(2):
-        limiter.record_failure("192.0.2.1")
-    assert not limiter.is_blocked("192.0.2.1")
-    limiter.record_failure("192.0.2.1")
-    assert limiter.is_blocked("192.0.2.1")
-    assert client.get(f"{ns}:fail:192.0.2.1") == b"3"
+    verdicts = [limiter.begin("192.0.2.1", "ann@example.com", verify=True) for _ in range(4)]
+    assert verdicts == [Verdict.GO] * 3 + [Verdict.LOCKED_OUT]
+    assert limiter.begin("192.0.2.1", "bob@example.com", verify=True) is Verdict.GO
+    assert limiter.begin("192.0.2.2", "ann@example.com", verify=True) is Verdict.GO
 
 
-def test_limiter_counts_each_address_apart(client: MemcacheClient, ns: str) -> None:
+def test_parallel_attempts_cannot_slip_through_together(client: MemcacheClient,
+                                                        ns: str) -> None:
+    """The count is an atomic incr taken before the verification: of 40 attempts racing from
+    20 threads, exactly max_failures go on, however they interleave."""
+    limiter = MemcacheRateLimiter(client, max_failures=5, lockout=60, namespace=ns)
+    verdicts: list[Verdict] = []
+    start = threading.Barrier(20)
+
+    def attempt() -> None:
+        start.wait()
+        for _ in range(2):
+            verdicts.append(limiter.begin("192.0.2.1", "ann@example.com", verify=True))
+
+    threads = [threading.Thread(target=attempt) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert verdicts.count(Verdict.GO) == 5
+    assert verdicts.count(Verdict.LOCKED_OUT) == 35
+
+
+def test_limiter_counts_ipv6_by_prefix_and_ipv4_mapped_as_ipv4(client: MemcacheClient,
+                                                               ns: str) -> None:
     limiter = MemcacheRateLimiter(client, max_failures=2, lockout=60, namespace=ns)
-    limiter.record_failure("192.0.2.1")
-    limiter.record_failure("192.0.2.1")
-    limiter.record_failure("192.0.2.2")
-    assert limiter.is_blocked("192.0.2.1")
-    assert not limiter.is_blocked("192.0.2.2")
-    assert not limiter.is_blocked("192.0.2.3")
-
-
-def test_limiter_keys_ipv6_by_address_not_spelling(client: MemcacheClient, ns: str) -> None:
-    limiter = MemcacheRateLimiter(client, max_failures=3, lockout=60, namespace=ns)
-    for spelling in ("2001:db8::1", "2001:0DB8:0:0:0:0:0:1", "fe80::1%eth0"):
-        limiter.record_failure(spelling)
-    assert not limiter.is_blocked("2001:db8::1")  # the link-local one is another address
-    limiter.record_failure("2001:db8:0::1")
-    assert limiter.is_blocked("2001:db8::1")
-    assert not limiter.is_blocked("2001:db8::2")
-    assert client.get(f"{ns}:fail:2001:db8::1") == b"3"
-    assert client.get(f"{ns}:fail:fe80::1") == b"1"
-
-
-def test_limiter_counts_ipv4_mapped_as_ipv4(client: MemcacheClient, ns: str) -> None:
-    limiter = MemcacheRateLimiter(client, max_failures=2, lockout=60, namespace=ns)
-    limiter.record_failure("::ffff:198.51.100.7")
-    limiter.record_failure("198.51.100.7")
-    assert limiter.is_blocked("::ffff:198.51.100.7")
-    assert limiter.is_blocked("198.51.100.7")
-    assert client.get(f"{ns}:fail:198.51.100.7") == b"2"
-
-
-def test_limiter_survives_an_unparseable_address(client: MemcacheClient, ns: str) -> None:
-    limiter = MemcacheRateLimiter(client, max_failures=1, lockout=60, namespace=ns)
-    limiter.record_failure("not an\r\naddress")
-    assert limiter.is_blocked("not an\r\naddress")
-    assert not limiter.is_blocked("not an address")
+    for client_ip in ("2001:db8:7:7::1", "2001:DB8:7:7:0:0:0:2"):
+        limiter.begin(client_ip, "ann@example.com", verify=True)
+    assert limiter.begin("2001:db8:7:7::3", "ann@example.com", verify=True) is Verdict.LOCKED_OUT
+    assert limiter.begin("2001:db8:7:8::1", "ann@example.com", verify=True) is Verdict.GO
+    limiter.begin("::ffff:198.51.100.7", "ann@example.com", verify=True)
+    limiter.begin("198.51.100.7", "ann@example.com", verify=True)
+    assert limiter.begin("198.51.100.7", "ann@example.com", verify=True) is Verdict.LOCKED_OUT
 
 
 def test_limiter_window_expires(client: MemcacheClient, ns: str) -> None:
-    limiter = MemcacheRateLimiter(client, max_failures=2, lockout=2, namespace=ns)
-    limiter.record_failure("192.0.2.9")
-    limiter.record_failure("192.0.2.9")
-    assert limiter.is_blocked("192.0.2.9")
+    limiter = MemcacheRateLimiter(client, max_failures=1, lockout=2, verify_budget=1,
+                                  verify_window=2, namespace=ns)
+    assert limiter.begin("192.0.2.9", "ann@example.com", verify=True) is Verdict.GO
+    assert limiter.begin("192.0.2.9", "ann@example.com", verify=True) is Verdict.LOCKED_OUT
+    assert limiter.begin("192.0.2.9", "bob@example.com", verify=True) is Verdict.THROTTLED
     time.sleep(2.1)
-    assert not limiter.is_blocked("192.0.2.9")
-    limiter.record_failure("192.0.2.9")  # a new window, counted from 1
-    assert client.get(f"{ns}:fail:192.0.2.9") == b"1"
+    assert limiter.begin("192.0.2.9", "ann@example.com", verify=True) is Verdict.GO
+
+
+def test_unlock_starts_the_counters_afresh(client: MemcacheClient, ns: str) -> None:
+    limiter = MemcacheRateLimiter(client, max_failures=1, lockout=60, namespace=ns)
+    for client_ip in ("192.0.2.1", "192.0.2.2"):
+        for _ in range(2):
+            limiter.begin(client_ip, "ann@example.com", verify=True)
+    limiter.unlock_address("192.0.2.1")
+    assert limiter.begin("192.0.2.1", "ann@example.com", verify=True) is Verdict.GO
+    assert limiter.begin("192.0.2.2", "ann@example.com", verify=True) is Verdict.LOCKED_OUT
+    limiter.unlock_names(["ann@example.com"])
+    assert limiter.begin("192.0.2.2", "ann@example.com", verify=True) is Verdict.GO
 
 
 def test_limiter_with_memcached_down_raises(down_client: MemcacheClient) -> None:
     limiter = MemcacheRateLimiter(down_client, max_failures=2, lockout=60)
     with pytest.raises(BackendUnavailable):
-        limiter.record_failure("192.0.2.1")
+        limiter.begin("192.0.2.1", "ann@example.com", verify=True)
     with pytest.raises(BackendUnavailable):
-        limiter.is_blocked("192.0.2.1")
+        limiter.unlock_address("192.0.2.1")
 
 
 # -- the registry -------------------------------------------------------------------------------

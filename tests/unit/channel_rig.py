@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pop3d.ports import Chunks, StoreRequest
 from pop3d.session import Authenticate, LoginGrant, Session
+from pop3d.worker.admission import UNLIMITED, Admission
 from pop3d.worker.channel import Channel, ChannelLimits, ChannelSetup, Phase, SessionFactory
 
 from .fakes import FakeClock, FakeMetrics, complete
@@ -81,7 +82,8 @@ class Rig:
 
     def __init__(self, open_session: SessionFactory, *, login: LoginRunner | None = None,
                  clock: FakeClock | None = None, limits: ChannelLimits | None = None,
-                 implicit_tls: bool = False, proxy: bool = False, tls: bool = True) -> None:
+                 implicit_tls: bool = False, proxy: bool = False, tls: bool = True,
+                 admission: Admission = UNLIMITED) -> None:
         self.clock = clock or FakeClock()
         self.metrics = FakeMetrics()
         self.host = FakeHost()
@@ -93,7 +95,8 @@ class Rig:
         self.setup = ChannelSetup(
             host=self.host, open_session=open_session,
             tls_context=server_tls_context() if tls else None, metrics=self.metrics,
-            clock=self.clock, limits=limits or ChannelLimits(), proxy=proxy)
+            clock=self.clock, limits=limits or ChannelLimits(), proxy=proxy,
+            admission=admission)
         self.channel = Channel(self.setup, server, CLIENT_IP, implicit_tls=implicit_tls)
         self.received = bytearray()
         self.eof = False

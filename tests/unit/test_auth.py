@@ -13,11 +13,11 @@ import bcrypt
 import pytest
 
 from pop3d import auth
-from pop3d.auth import KeyAuthenticator, cache_key, generate_key
+from pop3d.auth import KeyAuthenticator, cache_key, generate_key, seal, unseal
 from pop3d.errors import AuthFailed, BackendUnavailable, StoreUnavailable
-from pop3d.ports import Credentials, KeyRecord, Principal, UserRecord
+from pop3d.ports import CachedLogin, Credentials, KeyRecord, Principal, UserRecord, Verdict
 
-from .fakes import FakeClock
+from .fakes import FakeClock, FakeMetrics
 
 COST = 4
 KEY = generate_key(COST)
@@ -171,55 +171,110 @@ def test_store_trouble_is_backend_unavailable(authenticator: KeyAuthenticator,
 
 
 class FakeCache:
+    """The AuthCache port in memory: sealed entries, and a generation per (lower-cased) name."""
+
     def __init__(self, down: bool = False) -> None:
-        self.items: dict[str, tuple[Principal | bool, int]] = {}
+        self.entries: dict[str, tuple[bytes, int]] = {}
+        self.generations: dict[str, str] = {}
         self.down = down
 
-    def get(self, key: str) -> Principal | bool | None:
+    def get(self, name: str, digest: str) -> CachedLogin:
         if self.down:
             raise BackendUnavailable("memcached down")
-        item = self.items.get(key)
-        return None if item is None else item[0]
+        generation = self.generations.setdefault(name.lower(), "1")
+        entry = self.entries.get(digest)
+        return CachedLogin(None if entry is None else entry[0], generation)
 
-    def put(self, key: str, result: Principal | bool, ttl: int) -> None:
+    def put(self, digest: str, entry: bytes, ttl: int) -> None:
         if self.down:
             raise BackendUnavailable("memcached down")
-        self.items[key] = (result, ttl)
+        self.entries[digest] = (entry, ttl)
+
+    def bump(self, name: str) -> None:
+        self.generations[name] = str(int(self.generations.get(name, "1")) + 1)
 
 
 class FakeLimiter:
-    def __init__(self, blocked: set[str] | None = None, down: bool = False) -> None:
-        self.blocked = blocked or set()
-        self.failures: list[str] = []
+    """The RateLimiter port: answers ``verdict`` (or what ``verdicts`` says for an address) and
+    records every call."""
+
+    def __init__(self, verdict: Verdict = Verdict.GO, down: bool = False) -> None:
+        self.verdict = verdict
+        self.calls: list[tuple[str, str, str, bool]] = []
         self.down = down
 
-    def is_blocked(self, client_ip: str) -> bool:
+    def begin(self, client_ip: str, name: str, *, verify: bool) -> Verdict:
         if self.down:
             raise BackendUnavailable("memcached down")
-        return client_ip in self.blocked
+        self.calls.append(("begin", client_ip, name, verify))
+        return self.verdict
 
-    def record_failure(self, client_ip: str) -> None:
+    def end(self, client_ip: str, name: str, *, succeeded: bool) -> None:
         if self.down:
             raise BackendUnavailable("memcached down")
-        self.failures.append(client_ip)
+        self.calls.append(("end", client_ip, name, succeeded))
 
 
-def test_cache_key_is_hmac_of_scope_username_and_key() -> None:
-    expected = hmac.new(b"s3cret", b"pop3ann@example.com\0pw", hashlib.sha256).hexdigest()
+SECRET = b"k" * 32
+
+
+def _cached(store: FakeStore, cache: FakeCache, **options: object) -> KeyAuthenticator:
+    return KeyAuthenticator(store, bcrypt_cost=COST, cache=cache, cache_secret=SECRET,
+                            cache_ttl=30, **options)  # type: ignore[arg-type]
+
+
+def test_the_cache_key_is_an_hmac_of_length_prefixed_fields() -> None:
+    fields = b"".join(len(f).to_bytes(4, "big") + f for f in (b"pop3", b"ann@example.com", b"pw"))
+    expected = hmac.new(b"s3cret", b"pop3d auth-cache key v2\0" + fields,
+                        hashlib.sha256).hexdigest()
     assert cache_key(b"s3cret", "pop3", "Ann@Example.COM", "pw") == expected
     assert cache_key(b"other", "pop3", "ann@example.com", "pw") != expected
 
 
+@pytest.mark.parametrize(("one", "other"), [
+    (("pop3", "ann@example.com", "pw"), ("pop", "3ann@example.com", "pw")),
+    (("pop3", "ann\0x", "y"), ("pop3", "ann", "x\0y")),
+    (("pop3", "ann", "\0pw"), ("pop3", "ann\0", "pw")),
+])
+def test_different_credentials_never_share_a_cache_key(one: tuple[str, str, str],
+                                                       other: tuple[str, str, str]) -> None:
+    assert cache_key(SECRET, *one) != cache_key(SECRET, *other)
+
+
+PRINCIPAL = Principal(user_id="u-ann", key_id="k-ann", address="ann@example.com")
+
+
+@pytest.mark.parametrize("result", [PRINCIPAL, False])
+def test_a_sealed_entry_opens_only_for_its_digest_generation_and_time(
+        result: Principal | bool) -> None:
+    digest = cache_key(SECRET, "pop3", "ann@example.com", KEY.key)
+    entry = seal(SECRET, digest, result, "7", expires=1030.0)
+    assert unseal(SECRET, digest, entry, "7", now=1000.0) == result
+    assert unseal(SECRET, digest, entry, "7", now=1030.5) is None  # expired
+    assert unseal(SECRET, digest, entry, "8", now=1000.0) is None  # generation bumped
+    assert unseal(SECRET, "0" * 64, entry, "7", now=1000.0) is None  # moved to other keys
+    assert unseal(b"x" * 32, digest, entry, "7", now=1000.0) is None  # another secret
+    assert KEY.key.encode() not in entry
+
+
+def test_entries_written_without_the_secret_are_misses() -> None:
+    digest = cache_key(SECRET, "pop3", "ann@example.com", "wrong")
+    forged_ok = b'{"address":"ann@example.com","exp":9999999999,"gen":"7","key_id":"k-ann",' \
+                b'"ok":true,"user_id":"u-ann"}'
+    assert unseal(SECRET, digest, forged_ok, "7", now=1000.0) is None  # no MAC at all
+    assert unseal(SECRET, digest, forged_ok + b"." + b"0" * 64, "7", now=1000.0) is None
+    tampered = seal(SECRET, digest, False, "7", 1030.0).replace(b'"ok":false', b'"ok":true')
+    assert unseal(SECRET, digest, tampered, "7", now=1000.0) is None
+
+
 def test_results_are_cached_both_ways(store: FakeStore) -> None:
     cache = FakeCache()
-    authenticator = KeyAuthenticator(store, bcrypt_cost=COST, cache=cache,
-                                     cache_secret=b"s", cache_ttl=30)
+    authenticator = _cached(store, cache)
     principal = authenticator.authenticate(_login("ann@example.com", KEY.key))
     with pytest.raises(AuthFailed):
         authenticator.authenticate(_login("ann@example.com", "wrong"))
-    assert sorted(map(str, cache.items.values())) == sorted(
-        [str((principal, 30)), str((False, 30))])
-    assert KEY.key not in str(cache.items)
+    assert sorted(ttl for _, ttl in cache.entries.values()) == [30, 30]
+    assert KEY.key.encode() not in b"".join(entry for entry, _ in cache.entries.values())
     lookups = store.lookups
     assert authenticator.authenticate(_login("ANN@example.com", KEY.key)) == principal
     with pytest.raises(AuthFailed):
@@ -227,18 +282,45 @@ def test_results_are_cached_both_ways(store: FakeStore) -> None:
     assert store.lookups == lookups  # both answered from the cache
 
 
+def test_a_new_generation_sends_the_next_login_to_the_store(store: FakeStore) -> None:
+    cache = FakeCache()
+    authenticator = _cached(store, cache)
+    authenticator.authenticate(_login("ann@example.com", KEY.key))
+    store.keys["u-ann"] = []  # the key is revoked in the database...
+    cache.bump("ann@example.com")  # ...and the admin command bumps the name's generation
+    with pytest.raises(AuthFailed):
+        authenticator.authenticate(_login("ann@example.com", KEY.key))
+
+
+def test_a_result_verified_during_a_bump_is_cached_for_the_old_generation(
+        store: FakeStore) -> None:
+    cache = FakeCache()
+    authenticator = _cached(store, cache)
+    real_find = store.find_user
+
+    def revoked_meanwhile(address: str) -> UserRecord | None:
+        cache.bump("ann@example.com")  # while bcrypt runs, the admin revokes
+        return real_find(address)
+
+    store.find_user = revoked_meanwhile  # type: ignore[method-assign]
+    authenticator.authenticate(_login("ann@example.com", KEY.key))
+    store.find_user = real_find  # type: ignore[method-assign]
+    lookups = store.lookups
+    authenticator.authenticate(_login("ann@example.com", KEY.key))
+    assert store.lookups == lookups + 1  # not answered from the stale entry
+
+
 def test_store_trouble_is_not_cached(store: FakeStore) -> None:
     cache = FakeCache()
-    authenticator = KeyAuthenticator(store, bcrypt_cost=COST, cache=cache, cache_secret=b"s")
+    authenticator = _cached(store, cache)
     store.down = True
     with pytest.raises(BackendUnavailable):
         authenticator.authenticate(_login("ann@example.com", KEY.key))
-    assert cache.items == {}
+    assert cache.entries == {}
 
 
 def test_cache_and_limiter_outages_do_not_stop_logins(store: FakeStore) -> None:
-    authenticator = KeyAuthenticator(store, bcrypt_cost=COST, cache=FakeCache(down=True),
-                                     cache_secret=b"s", rate_limiter=FakeLimiter(down=True))
+    authenticator = _cached(store, FakeCache(down=True), rate_limiter=FakeLimiter(down=True))
     assert authenticator.authenticate(_login("ann@example.com", KEY.key)).user_id == "u-ann"
     with pytest.raises(AuthFailed):
         authenticator.authenticate(_login("ann@example.com", "wrong"))
@@ -249,20 +331,70 @@ def test_a_cache_needs_a_secret(store: FakeStore) -> None:
         KeyAuthenticator(store, bcrypt_cost=COST, cache=FakeCache())
 
 
-def test_rate_limiter_blocks_and_counts_failures(store: FakeStore,
-                                                 checks: list[bytes]) -> None:
-    limiter = FakeLimiter(blocked={"203.0.113.9"})
+def test_attempts_are_counted_before_the_verification(store: FakeStore,
+                                                      checks: list[bytes]) -> None:
+    limiter = FakeLimiter()
     authenticator = KeyAuthenticator(store, bcrypt_cost=COST, rate_limiter=limiter)
-    with pytest.raises(AuthFailed):
-        authenticator.authenticate(_login("ann@example.com", KEY.key, ip="203.0.113.9"))
-    assert store.lookups == 0
-    assert checks == []
+    seen: list[int] = []
+    real_begin = limiter.begin
+
+    def begin(client_ip: str, name: str, *, verify: bool) -> Verdict:
+        seen.append(len(checks))  # how many bcrypt verifications had run by then
+        return real_begin(client_ip, name, verify=verify)
+
+    limiter.begin = begin  # type: ignore[method-assign]
     with pytest.raises(AuthFailed):
         authenticator.authenticate(_login("ann@example.com", "wrong", ip="198.51.100.1"))
+    authenticator.authenticate(_login("ann@example.com", KEY.key, ip="198.51.100.1"))
     store.down = True
     with pytest.raises(BackendUnavailable):
         authenticator.authenticate(_login("ann@example.com", KEY.key, ip="198.51.100.2"))
-    assert limiter.failures == ["198.51.100.1"]
+    assert seen == [0, 1, 2]
+    assert limiter.calls == [
+        ("begin", "198.51.100.1", "ann@example.com", True),  # failed: stays counted
+        ("begin", "198.51.100.1", "ann@example.com", True),
+        ("end", "198.51.100.1", "ann@example.com", True),  # succeeded: forgotten
+        ("begin", "198.51.100.2", "ann@example.com", True),
+        ("end", "198.51.100.2", "ann@example.com", False),  # the store was down: taken back
+    ]
+
+
+@pytest.mark.parametrize("verdict", [Verdict.LOCKED_OUT, Verdict.THROTTLED])
+def test_a_refused_attempt_is_never_verified(store: FakeStore, checks: list[bytes],
+                                             verdict: Verdict) -> None:
+    metrics = FakeMetrics()
+    authenticator = KeyAuthenticator(store, bcrypt_cost=COST, rate_limiter=FakeLimiter(verdict),
+                                     metrics=metrics)
+    with pytest.raises(AuthFailed) as caught:
+        authenticator.authenticate(_login("ann@example.com", KEY.key))
+    assert caught.value.reply == "[AUTH] Authentication failed"  # the same as a wrong key
+    assert checks == []
+    assert store.lookups == 0
+    assert metrics.counters == {f"auth.{verdict.name.lower()}": 1}
+
+
+def test_a_key_known_good_is_never_refused_by_the_counters(store: FakeStore,
+                                                          checks: list[bytes]) -> None:
+    cache, limiter = FakeCache(), FakeLimiter()
+    authenticator = _cached(store, cache, rate_limiter=limiter)
+    principal = authenticator.authenticate(_login("ann@example.com", KEY.key))
+    limiter.verdict = Verdict.LOCKED_OUT  # the NAT's other users failed, or this pair did
+    limiter.calls.clear()
+    verified = len(checks)
+    assert authenticator.authenticate(_login("ann@example.com", KEY.key)) == principal
+    assert limiter.calls == []
+    assert len(checks) == verified
+
+
+def test_a_cached_failure_is_counted_but_spends_no_verification(store: FakeStore,
+                                                               checks: list[bytes]) -> None:
+    cache, limiter = FakeCache(), FakeLimiter()
+    authenticator = _cached(store, cache, rate_limiter=limiter)
+    for _ in range(2):
+        with pytest.raises(AuthFailed):
+            authenticator.authenticate(_login("ann@example.com", "wrong"))
+    assert [call[3] for call in limiter.calls] == [True, False]
+    assert len(checks) == 1
 
 
 def test_touches_are_coalesced_into_one_write_per_interval(

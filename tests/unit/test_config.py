@@ -63,7 +63,8 @@ worker_timeout = 20
 proxy_protocol = true
 proxy_timeout = 2
 backlog = 64
-trusted_networks = ["10.0.0.0/8", "2001:db8::/32"]
+proxy_networks = ["10.0.0.0/8", "2001:db8::/32"]
+plaintext_networks = ["10.1.0.0/16"]
 
 [tls]
 cert = "{cert}"
@@ -78,6 +79,10 @@ idle_timeout = 900
 max_connections_per_user = 2
 max_messages_per_session = 500
 max_bad_commands = 3
+login_deadline = 90
+max_connections_per_address = 20
+max_tls_handshakes_per_address = 4
+ipv6_prefix = 56
 
 [database]
 dsn = "host=db.example.net dbname=mail"
@@ -97,6 +102,8 @@ cache_ttl = 10
 failure_delay = 1.5
 max_failures = 3
 lockout = 60
+verify_budget = 100
+verify_window = 30
 bcrypt_cost = 12
 allow_plaintext = false
 threads = 8
@@ -114,7 +121,8 @@ file = "{tmp}/pop3d.log"
 
 
 def test_full_example_with_every_option(tmp_path: Path, certificate: tuple[str, str]) -> None:
-    (tmp_path / "secret").write_text("s3cret\n")
+    (tmp_path / "secret").write_text("0123456789abcdef0123456789abcdef\n")
+    (tmp_path / "secret").chmod(0o640)
     text = FULL.format(tmp=tmp_path, cert=certificate[0], key=certificate[1])
     for section, cls in SECTIONS.items():  # the example really sets every option
         for option in dataclasses.fields(cls):
@@ -123,12 +131,14 @@ def test_full_example_with_every_option(tmp_path: Path, certificate: tuple[str, 
     loaded, warnings = load(_write(tmp_path, text))
     assert warnings == []
     assert loaded.server.listen == (Address("127.0.0.1", 1110), Address("::1", 1110))
-    assert loaded.server.trusted_networks[1] == ipaddress.ip_network("2001:db8::/32")
+    assert loaded.server.proxy_networks[1] == ipaddress.ip_network("2001:db8::/32")
+    assert loaded.server.plaintext_networks == (ipaddress.ip_network("10.1.0.0/16"),)
+    assert loaded.limits.ipv6_prefix == 56
     assert loaded.server.graceful_timeout == 12.5
     assert loaded.limits.idle_timeout == 900.0
     assert loaded.memcached.servers[1] == Address("2001:db8::5", 11211)
     assert loaded.auth.scope == "pop"
-    assert config.read_secret(loaded) == b"s3cret"
+    assert config.read_secret(loaded) == b"0123456789abcdef0123456789abcdef"
     assert loaded.logging.level == "debug"
 
 
@@ -181,8 +191,11 @@ BAD = [
      "printable ASCII"),
     ("bad TLS version", '[tls]\nmin_version = "TLSv1.0"\n', "tls.min_version",
      "must be one of TLSv1.2, TLSv1.3"),
-    ("bad network", '[server]\ntrusted_networks = ["10.0.0.0/33"]\n',
+    ("bad network", '[server]\nproxy_networks = ["10.0.0.0/33"]\n',
+     "server.proxy_networks[0]", "is not a network"),
+    ("bad deprecated network", '[server]\ntrusted_networks = ["10.0.0.0/33"]\n',
      "server.trusted_networks[0]", "is not a network"),
+    ("ipv6 prefix", "[limits]\nipv6_prefix = 0\n", "limits.ipv6_prefix", "must be 1-128"),
     ("bad log level", '[logging]\nlevel = "loud"\n', "logging.level", "must be one of"),
     ("bad registry mode", '[memcached]\nregistry_failure = "maybe"\n',
      "memcached.registry_failure", 'must be "open" or "closed"'),
@@ -282,3 +295,65 @@ def test_without_a_secret_file_every_caller_gets_the_same_start_secret(tmp_path:
     first = config.read_secret(loaded)
     assert len(first) == 32
     assert config.read_secret(loaded) == first
+
+
+def test_trusted_networks_still_works_as_both_with_a_deprecation_warning(tmp_path: Path) -> None:
+    loaded, warnings = load(_write(tmp_path, MINIMAL + 'trusted_networks = ["10.0.0.0/8"]\n'))
+    assert loaded.server.proxy_networks == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert loaded.server.plaintext_networks == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert [(w.key, w.problem) for w in warnings] == [(
+        "server.trusted_networks",
+        "deprecated: use proxy_networks and plaintext_networks instead (read as both)")]
+
+
+def test_the_new_network_options_win_over_trusted_networks(tmp_path: Path) -> None:
+    loaded, _ = load(_write(tmp_path, MINIMAL + 'trusted_networks = ["10.0.0.0/8"]\n'
+                                                'proxy_networks = ["192.0.2.0/24"]\n'))
+    assert loaded.server.proxy_networks == (ipaddress.ip_network("192.0.2.0/24"),)
+    assert loaded.server.plaintext_networks == (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+def test_the_defaults_trust_loopback_for_both() -> None:
+    loopback = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    assert config.ServerConfig().proxy_networks == loopback
+    assert config.ServerConfig().plaintext_networks == loopback
+    assert config.in_networks("127.0.0.5", loopback)
+    assert config.in_networks("::ffff:127.0.0.5", loopback)
+    assert not config.in_networks("192.0.2.1", loopback)
+    assert not config.in_networks("garbage", loopback)
+
+
+def _with_secret(tmp_path: Path, content: bytes, mode: int) -> Path:
+    secret = tmp_path / "secret"
+    secret.write_bytes(content)
+    secret.chmod(mode)
+    return _write(tmp_path, MINIMAL + f'[auth]\nsecret_file = "{secret}"\n')
+
+
+@pytest.mark.parametrize(("content", "mode", "problem"), [
+    (b"0123456789abcdef" * 2, 0o644, "is readable or writable by every user (mode 0644): "
+                                     "chmod o-rwx"),
+    (b"0123456789abcdef" * 2, 0o602, "(mode 0602)"),
+    (b"short secret\n", 0o600, "holds 12 octets, fewer than 32: e.g. head -c 32 /dev/urandom"),
+    (b"  " + b"x" * 31 + b"\n", 0o640, "holds 31 octets"),  # text: the whitespace goes
+])
+def test_a_weak_or_exposed_secret_file_is_an_error_naming_it(
+        tmp_path: Path, content: bytes, mode: int, problem: str) -> None:
+    (found,) = [p for p in _problems(_with_secret(tmp_path, content, mode))
+                if p.key == "auth.secret_file"]
+    assert found.problem.startswith(str(tmp_path / "secret") + " ")
+    assert problem in found.problem
+
+
+def test_a_binary_secret_is_used_as_stored(tmp_path: Path) -> None:
+    raw = bytes(range(1, 31)) + b"\n\n"  # 32 random-looking octets that end in newlines
+    loaded, _ = load(_with_secret(tmp_path, raw, 0o640))
+    assert config.read_secret(loaded) == raw
+    loaded, _ = load(_with_secret(tmp_path, b"ab" * 16 + b"\n", 0o600))
+    assert config.read_secret(loaded) == b"ab" * 16  # text: the newline is not part of it
+
+
+def test_a_missing_secret_file_is_an_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL + f'[auth]\nsecret_file = "{tmp_path / "nope"}"\n')
+    assert [(p.key, p.problem) for p in _problems(path)] == [
+        ("auth.secret_file", f"{tmp_path / 'nope'}: No such file or directory")]

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from pop3d import log as log_module
-from pop3d.log import MaskingFilter, ReopenableFileHandler, hand_over, mask, reopen, setup
+from pop3d.log import (
+    MaskingFilter,
+    ReopenableFileHandler,
+    escape,
+    hand_over,
+    mask,
+    reopen,
+    setup,
+)
 
 pop3d_log = logging.getLogger("pop3d.test")
 
@@ -195,3 +203,22 @@ def test_the_filter_leaves_clean_records_alone():
     record = logging.LogRecord("pop3d", logging.INFO, __file__, 1, "hello %s", ("alice",), None)
     assert MaskingFilter().filter(record)
     assert (record.msg, record.args) == ("hello %s", ("alice",))
+
+
+@pytest.mark.parametrize(("text", "escaped"), [
+    ("plain text, nothing to do", "plain text, nothing to do"),
+    ("evil\r\n2026-01-01 [1] INFO pop3d: forged", "evil\\r\\n2026-01-01 [1] INFO pop3d: forged"),
+    ("\x1b[2J\x07\x00\t", "\\x1b[2J\\x07\\x00\\t"),
+    ("nel\x85 line\u2028para\u2029del\x7f", "nel\\x85 line\\u2028para\\u2029del\\x7f"),
+    ("unicode stays: é ü 名前", "unicode stays: é ü 名前"),
+])
+def test_escape(text, escaped):
+    assert escape(text) == escaped
+
+
+def test_the_filter_escapes_client_strings_so_a_record_stays_one_line(tmp_path):
+    record = logging.LogRecord("pop3d.test", logging.INFO, __file__, 1,
+                               "login failed user=%s ip=%s", ("a\r\nINFO forged", "\x1b]0;x"),
+                               None)
+    assert MaskingFilter().filter(record)
+    assert record.getMessage() == "login failed user=a\\r\\nINFO forged ip=\\x1b]0;x"

@@ -85,11 +85,19 @@ def test_control_settings_without_a_readable_config_use_the_defaults(tmp_path, c
     assert "has 1 problem(s)" in capsys.readouterr().err
 
 
-def test_find_master(tmp_path):
+def test_find_master(tmp_path, fake_master):
     path = tmp_path / "pop3d.pid"
     assert find_master(str(path)) == (None, f"not running (no pidfile {path})", 3)
-    path.write_text(f"{os.getpid()}\n")
-    assert find_master(str(path)) == (os.getpid(), f"running as pid {os.getpid()}", 0)
+    path.write_text(f"{fake_master}\n")
+    assert find_master(str(path)) == (fake_master, f"running as pid {fake_master}", 0)
+
+
+def test_a_pidfile_naming_another_program_is_stale_and_nothing_is_signalled(tmp_path):
+    path = tmp_path / "pop3d.pid"
+    path.write_text(f"{os.getpid()}\n")  # pytest: alive, but no pop3d master
+    assert find_master(str(path)) == (
+        None, f"not running (stale pidfile {path}: pid {os.getpid()} is not a pop3d master; "
+              "not signalling it)", 1)
 
 
 def test_find_master_with_a_stale_pidfile(tmp_path):

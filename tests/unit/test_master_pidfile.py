@@ -11,6 +11,8 @@ from pop3d.master.pidfile import (
     STATUS_MIN_INTERVAL,
     Pidfile,
     PidfileError,
+    is_master,
+    looks_like_master,
     parse_pid,
     process_alive,
     read_pid,
@@ -47,13 +49,56 @@ def test_create_writes_the_pid_and_remove_deletes_it(tmp_path):
     assert os.listdir(tmp_path) == []  # no temporary file left behind
 
 
-def test_a_live_owner_is_refused(tmp_path):
+def test_a_live_master_is_refused(tmp_path, fake_master):
     path = tmp_path / "pop3d.pid"
-    path.write_text(f"{os.getppid()}\n")
-    with pytest.raises(PidfileError, match=f"already running as pid {os.getppid()}"):
+    path.write_text(f"{fake_master}\n")
+    with pytest.raises(PidfileError, match=f"already running as pid {fake_master}"):
         Pidfile(str(path)).create()
-    assert path.read_text() == f"{os.getppid()}\n"
+    assert path.read_text() == f"{fake_master}\n"
     assert os.listdir(tmp_path) == ["pop3d.pid"]
+
+
+def test_a_live_process_that_is_no_master_is_a_stale_pidfile(tmp_path):
+    path = tmp_path / "pop3d.pid"
+    path.write_text(f"{os.getppid()}\n")  # alive (pytest's parent), but no pop3d master
+    Pidfile(str(path)).create()
+    assert read_pid(str(path)) == os.getpid()
+
+
+@pytest.mark.parametrize(("cmdline", "master"), [
+    (b"pop3d: master [/etc/pop3d.toml]\0\0\0", True),
+    (b"/usr/bin/python3\0/usr/bin/pop3d\0start\0-c\0/etc/pop3d.toml\0", True),
+    (b"/usr/bin/python3\0-m\0pop3d\0start\0--daemon\0", True),
+    (b"pop3d: worker 3 [12 sessions]\0", False),
+    (b"/usr/bin/python3\0/usr/bin/pop3d\0stop\0", False),
+    (b"/bin/sleep\0start\0", False),
+    (b"/usr/sbin/sshd\0-D\0", False),
+    (b"", False),
+])
+def test_what_looks_like_a_master(cmdline, master):
+    assert looks_like_master(cmdline) is master
+
+
+def test_is_master_reads_the_process_title(fake_master):
+    assert is_master(fake_master)
+    assert not is_master(os.getpid())
+
+
+def test_the_pidfile_is_given_away_through_its_descriptor_not_a_path(tmp_path, monkeypatch):
+    """The service user owns the directory and may swap the pidfile for a symlink at any
+    moment: only the file root created itself is ever chowned."""
+    path, victim = tmp_path / "pop3d.pid", tmp_path / "victim"
+    victim.write_text("root's\n")
+    path.symlink_to(victim)  # what a hostile service user left behind
+    calls = []
+    monkeypatch.setattr(os, "chown", lambda *args, **kwargs: calls.append(("chown", args)))
+    monkeypatch.setattr(os, "fchown", lambda fd, uid, gid: calls.append(
+        ("fchown", (os.readlink(f"/proc/self/fd/{fd}"), uid, gid))))
+    Pidfile(str(path)).create(owner=(4242, 4343))
+    assert calls == [("fchown", (str(tmp_path / f"pop3d.pid.{os.getpid()}.tmp"), 4242, 4343))]
+    assert victim.read_text() == "root's\n"
+    assert not path.is_symlink()
+    assert read_pid(str(path)) == os.getpid()
 
 
 @pytest.mark.parametrize("content", ["{dead}\n", "garbage", ""])

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 
 import pytest
 
-from pop3d.adapters.keys import client_ip_part, key_part
+from pop3d.adapters.keys import address_key, canonical_ip, key_part
 from pop3d.adapters.registry import INDEX_SHARDS, MemcacheRegistry, worker_prefix
 from pop3d.errors import BackendUnavailable
 
@@ -29,9 +29,34 @@ class MemoryStore:
         self._version += 1
         self.data[key] = (value, self._version)
 
+    def get(self, key: str) -> bytes | None:
+        self._check()
+        return self.data[key][0] if key in self.data else None
+
     def get_many(self, keys: Iterable[str]) -> dict[str, bytes]:
         self._check()
         return {k: self.data[k][0] for k in keys if k in self.data}
+
+    def set(self, key: str, value: bytes, ttl: float) -> bool:
+        self._check()
+        self._store(key, value)
+        return True
+
+    def incr(self, key: str, delta: int) -> int | None:
+        self._check()
+        if key not in self.data:
+            return None
+        value = int(self.data[key][0]) + delta
+        self._store(key, str(value).encode())
+        return value
+
+    def decr(self, key: str, delta: int) -> int | None:
+        self._check()
+        if key not in self.data:
+            return None
+        value = max(0, int(self.data[key][0]) - delta)  # memcached never goes below 0
+        self._store(key, str(value).encode())
+        return value
 
     def gets(self, key: str) -> tuple[bytes | None, bytes | None]:
         self._check()
@@ -89,8 +114,24 @@ class MemoryStore:
         ("::1", "::1"),
     ],
 )
-def test_client_ip_part_is_canonical(spelling: str, part: str) -> None:
-    assert client_ip_part(spelling) == part
+def test_client_addresses_have_one_spelling(spelling: str, part: str) -> None:
+    assert canonical_ip(spelling) == part
+
+
+@pytest.mark.parametrize(
+    ("client", "prefix", "key"),
+    [
+        ("192.0.2.1", 64, "192.0.2.1"),
+        ("::ffff:192.0.2.1", 64, "192.0.2.1"),
+        ("2001:db8:1:2:aaaa::1", 64, "2001:db8:1:2::/64"),
+        ("2001:DB8:1:2:ffff:ffff:ffff:ffff", 64, "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:aaaa::1", 48, "2001:db8:1::/48"),
+        ("2001:db8:1:2:aaaa::1", 128, "2001:db8:1:2:aaaa::1"),
+        ("not an address", 64, "not an address"),
+    ],
+)
+def test_the_address_key_counts_ipv6_by_prefix(client: str, prefix: int, key: str) -> None:
+    assert address_key(client, prefix) == key
 
 
 @pytest.mark.parametrize(

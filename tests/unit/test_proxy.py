@@ -80,6 +80,15 @@ def test_longest_v1_headers_are_accepted() -> None:
         b"GET / HTTP/1.0\r\n",
         b"USER alice\r\n",
         b"\r\n\r\n\x00\r\nQUIX\n",
+        # addresses that are not spelt the one way proxies spell them: they would reach the log
+        b"PROXY TCP6 fe80::1%eth0 2001:db8::2 1 2\r\n",
+        b"PROXY TCP6 fe80::1%\x1b[2J 2001:db8::2 1 2\r\n",
+        b"PROXY TCP6 fe80::1%\rforged 2001:db8::2 1 2\r\n",
+        b"PROXY TCP6 2001:DB8::1 2001:db8::2 1 2\r\n",
+        b"PROXY TCP6 2001:db8:0:0:0:0:0:1 2001:db8::2 1 2\r\n",
+        b"PROXY TCP6 2001:0db8::1 2001:db8::2 1 2\r\n",
+        b"PROXY TCP6 2001:db8::2 2001:db8::1%1 1 2\r\n",
+        b"PROXY TCP6 ::FFFF:1.2.3.4 2001:db8::2 1 2\r\n",
     ],
 )
 def test_invalid_headers(data: bytes) -> None:
@@ -161,3 +170,20 @@ def test_arbitrary_bytes_never_raise(data: bytes) -> None:
 @given(st.sampled_from(VALID), st.binary(max_size=30))
 def test_trailing_bytes_do_not_change_a_complete_header(data: bytes, rest: bytes) -> None:
     assert parse(data + rest) == parse(data)
+
+
+@pytest.mark.parametrize(("spelling", "source"), [
+    (b"::ffff:192.0.2.1", "192.0.2.1"),  # inet_ntop's mapped form, as HAProxy writes it
+    (b"::ffff:c000:201", "192.0.2.1"),
+    (b"2001:db8::1", "2001:db8::1"),
+])
+def test_sources_come_out_in_one_spelling(spelling: bytes, source: str) -> None:
+    result = parse(b"PROXY TCP6 " + spelling + b" 2001:db8::2 40000 110\r\n")
+    assert result.source == (source, 40000)
+
+
+def test_a_v2_mapped_source_comes_out_as_ipv4() -> None:
+    addresses = bytes(10) + b"\xff\xff" + bytes([192, 0, 2, 1]) + bytes(15) + b"\x01"
+    header = b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x21, 0, 36]) + addresses + \
+        (40000).to_bytes(2, "big") + (995).to_bytes(2, "big")
+    assert parse(header).source == ("192.0.2.1", 40000)

@@ -4,14 +4,23 @@ the STLS barrier, bodies that fail or clients that vanish mid-stream, PROXY head
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import re
 import selectors
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from pop3d.session import Authenticate, LoginGrant, Peer, Services, Session, SessionSettings
-from pop3d.worker.channel import HIGH_WATER, ChannelLimits, Phase
+from pop3d.worker.channel import (
+    HIGH_WATER,
+    READ_SIZE,
+    TOO_MANY_CONNECTIONS,
+    TOO_MANY_HANDSHAKES,
+    ChannelLimits,
+    Phase,
+)
 
 from .channel_rig import Rig
 from .fakes import (
@@ -62,9 +71,10 @@ class World:
         except Exception as error:
             return error
 
-    def rig(self, *, login: bool = True, **options: object) -> Rig:
+    def rig(self, *, login: bool = True, limits: ChannelLimits = LIMITS,
+            **options: object) -> Rig:
         return Rig(self.open_session, login=self.login if login else None, clock=self.clock,
-                   limits=LIMITS, **options)  # type: ignore[arg-type]
+                   limits=limits, **options)  # type: ignore[arg-type]
 
 
 def everything(rig: Rig) -> bytes:
@@ -125,6 +135,41 @@ def test_output_above_the_high_water_mark_stops_reading_until_the_client_reads()
     assert statuses[:2] == [b"+OK %d octets" % size] * 2
     assert answered.endswith(b"\r\n.\r\n+OK\r\n")
     assert session.buffered == 0
+
+
+def flood(rig: Rig, data: bytes, rounds: int, read: int) -> int:
+    """Send ``data`` as fast as the socket takes it for ``rounds`` rounds, reading only ``read``
+    octets of the replies per round; the most input the session ever held unparsed."""
+    most = 0
+    for _ in range(rounds):
+        with contextlib.suppress(BlockingIOError):
+            rig.client.send(data)
+        rig.run()
+        assert rig.session is not None
+        most = max(most, rig.session.buffered)
+        with contextlib.suppress(BlockingIOError):
+            rig.client.recv(read)
+    return most
+
+
+BOUND = replace(LIMITS, max_unparsed=4096)
+
+
+def test_unparsed_input_stays_bounded_when_the_client_reads_only_a_little() -> None:
+    rig = World().rig(limits=BOUND)
+    rig.converse()
+    most = flood(rig, b"CAPA\r\n" * 10_000, rounds=100, read=2048)
+    assert 0 < most <= BOUND.max_unparsed + READ_SIZE
+    assert rig.channel.phase is Phase.SESSION
+
+
+def test_sasl_continuation_lines_are_bounded_the_same_way() -> None:
+    rig = World().rig(limits=BOUND)
+    rig.converse()
+    exchange = b"AUTH LOGIN\r\n" + base64.b64encode(b"u" * 200) + b"\r\n*\r\n"  # cancelled
+    most = flood(rig, exchange * 1000, rounds=100, read=2048)
+    assert 0 < most <= BOUND.max_unparsed + READ_SIZE
+    assert rig.channel.phase is Phase.SESSION
 
 
 # -- STLS -------------------------------------------------------------------------------------
@@ -281,6 +326,91 @@ def test_phases_before_the_session_have_their_own_timeouts(
     rig.run()
     assert rig.channel.expired(world.clock.now + limit) is None
     assert rig.channel.expired(world.clock.now + limit + 0.1) == reason
+
+
+def test_the_login_deadline_counts_from_the_connection_whatever_the_client_sends() -> None:
+    world = World()
+    rig = world.rig(limits=replace(LIMITS, login_deadline=180))
+    rig.converse()
+    for _ in range(9):  # a command every 20 s: never idle for the login timeout
+        world.clock.advance(20)
+        rig.send(b"CAPA\r\n")
+        rig.converse()
+        assert rig.channel.expired(world.clock.now) is None
+    world.clock.advance(1)
+    assert rig.channel.expired(world.clock.now) == "login deadline"
+    rig.send(LOGIN)
+    rig.converse()
+    assert rig.channel.expired(world.clock.now) is None  # logged in: the deadline is over
+
+
+def test_the_login_deadline_also_ends_a_handshake_that_never_finishes() -> None:
+    world = World()
+    rig = world.rig(implicit_tls=True, limits=replace(LIMITS, handshake_timeout=1000,
+                                                       login_deadline=30))
+    rig.run()
+    assert rig.channel.expired(world.clock.now + 31) == "login deadline"
+
+
+@dataclass
+class Gate:
+    """An Admission that records what channels ask and answers as told."""
+
+    admit_all: bool = True
+    handshakes: bool = True
+    calls: list[str] = field(default_factory=list)
+
+    def admit(self, channel: object) -> bool:
+        self.calls.append("admit")
+        return self.admit_all
+
+    def begin_handshake(self, channel: object) -> bool:
+        self.calls.append("begin_handshake")
+        return self.handshakes
+
+    def end_handshake(self, channel: object) -> None:
+        self.calls.append("end_handshake")
+
+    def release(self, channel: object) -> None:
+        self.calls.append("release")
+
+
+def test_a_refused_connection_is_told_why_and_closed() -> None:
+    gate = Gate(admit_all=False)
+    rig = World().rig(admission=gate)
+    assert rig.converse() == TOO_MANY_CONNECTIONS
+    assert rig.eof
+    assert rig.channel.phase is Phase.CLOSED
+    assert rig.host.closed_with == ["too many connections from this address"]
+    assert gate.calls == ["admit", "release"]
+
+
+def test_a_refused_implicit_tls_connection_is_closed_before_any_handshake() -> None:
+    gate = Gate(admit_all=False)
+    rig = World().rig(admission=gate, implicit_tls=True)
+    assert rig.converse() == b""
+    assert rig.eof
+    assert gate.calls == ["admit", "release"]
+
+
+def test_a_handshake_over_the_limit_is_refused_at_stls() -> None:
+    gate = Gate(handshakes=False)
+    rig = World().rig(admission=gate)
+    rig.converse()
+    rig.send(b"STLS\r\n")
+    assert rig.converse() == TOO_MANY_HANDSHAKES
+    assert rig.eof
+    assert gate.calls == ["admit", "begin_handshake", "release"]
+
+
+def test_a_finished_handshake_gives_its_place_back_at_once() -> None:
+    gate = Gate()
+    rig = World().rig(admission=gate, implicit_tls=True)
+    rig.start_client_tls()
+    assert rig.converse().startswith(b"+OK")
+    assert gate.calls == ["admit", "begin_handshake", "end_handshake"]
+    rig.close()
+    assert gate.calls[-1] == "release"
 
 
 # -- store requests ---------------------------------------------------------------------------
