@@ -159,3 +159,27 @@ def test_daemon_reports_why_the_master_stopped_before_serving(start_master):
         f"could not boot; stopping instead of fork-looping (see the log: {template.log_path})")
     assert result.stdout == ""
     wait_until(lambda: not template.pidfile.exists(), 5.0, "the daemon to exit")
+
+
+def test_stop_reload_and_status_never_signal_a_pid_that_is_no_pop3d_master(start_master):
+    """The pidfile lives in a directory the service user owns: whoever holds that account can
+    write any pid into it.  Nothing is signalled unless the pid is a pop3d master."""
+    master = start_master(worker=ECHO_WORKER)
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        master.pidfile.write_text(f"{bystander.pid}\n")
+        stale = (f"not running (stale pidfile {master.pidfile}: pid {bystander.pid} is not a "
+                 "pop3d master; not signalling it)")
+        stopped = master.cli("stop")
+        assert (stopped.returncode, stopped.stderr) == (0, f"pop3d: {stale}\n")
+        assert master.cli("reload").returncode == 7
+        status = master.cli("status")
+        assert (status.returncode, status.stdout) == (1, f"pop3d is {stale}\n")
+        assert bystander.poll() is None  # never signalled
+        assert master.process.poll() is None
+        master.pidfile.write_text(f"{master.pid}\n")
+        assert master.cli("stop").returncode == 0  # the real master is stopped as usual
+        assert master.wait_exit(5) == 0
+    finally:
+        bystander.kill()
+        bystander.wait()

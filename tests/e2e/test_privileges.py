@@ -206,6 +206,23 @@ def test_a_root_owned_pidfile_directory_fails_the_start_and_is_left_alone(
     assert list(run.iterdir()) == []
 
 
+def test_a_symlink_planted_in_the_pidfile_directory_never_gets_its_target_chowned(
+        start_master, world_readable_dir, as_nobody):
+    """nobody owns the pidfile's directory and plants a symlink to a root file where the
+    pidfile goes: root replaces it, and gives nobody only the file it created itself."""
+    run = world_readable_dir / "run"
+    run.mkdir()
+    os.chown(run, *nobody_ids())
+    victim = root_only(world_readable_dir / "victim", "root's own\n")
+    (run / "pop3d.pid").symlink_to(victim)
+    master = start_master(as_nobody(), directory=world_readable_dir)
+    assert victim.stat().st_uid == 0
+    assert victim.read_text() == "root's own\n"
+    pidfile = run / "pop3d.pid"
+    assert not pidfile.is_symlink()
+    assert (pidfile.stat().st_uid, pidfile.read_text()) == (nobody_ids()[0], f"{master.pid}\n")
+
+
 def test_a_reload_nobody_could_not_serve_is_refused_and_the_old_config_keeps_serving(
         start_master, world_readable_dir, as_nobody, mail_store):
     master = start_master(as_nobody(), directory=world_readable_dir)

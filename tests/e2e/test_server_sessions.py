@@ -173,7 +173,7 @@ def test_stls_sessions_one_after_another_on_one_worker(master, mail_store: MailS
                 assert client.closed_by_server()
 
 
-# --- plaintext login outside trusted_networks ----------------------------------------------
+# --- plaintext login outside plaintext_networks ----------------------------------------------
 
 
 def test_untrusted_plaintext_connection_is_not_offered_login(master, mail_store: MailStore):
