@@ -209,3 +209,28 @@ def test_a_reload_moves_the_masters_gauges_to_the_new_statsd(start_master, stats
         result = master.cli("reload")
         assert result.returncode == 0, result.stderr
         wait_for_gauge(moved, "moved.workers:2|g", "gauges at the new statsd")
+
+
+def test_a_weak_or_exposed_secret_file_is_refused_at_start_and_at_reload(start_master, tmp_path):
+    exposed = tmp_path / "secret"
+    exposed.write_text("0123456789abcdef" * 4 + "\n")
+    exposed.chmod(0o644)
+    refused = start_master({"auth": {"secret_file": str(exposed)}}, worker=ECHO_WORKER,
+                           wait=False)
+    assert refused.wait_exit() == EX_CONFIG
+    problem = f"auth.secret_file: {exposed} is readable or writable by every user (mode 0644)"
+    assert problem in refused.stderr_path.read_text()
+
+    master = start_master(worker=ECHO_WORKER)
+    workers = master.worker_pids()
+    master.write_config({"auth": {"secret_file": str(exposed)}})
+    master.send_signal(signal.SIGHUP)
+    wait_until(lambda: master.status()["reload"]["result"] == "failed", 5.0,
+               "the master to reject the reload")
+    assert problem in master.status()["reload"]["error"]
+    exposed.chmod(0o640)
+    exposed.write_text("too short\n")
+    result = master.cli("reload")
+    assert result.returncode == EX_CONFIG
+    assert f"{exposed} holds 9 octets, fewer than 32" in result.stderr
+    assert master.worker_pids() == workers
