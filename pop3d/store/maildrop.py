@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
+import threading
 import uuid
+import weakref
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +65,28 @@ WHERE user_id = %s AND email_id = ANY(%s::uuid[]) AND NOT is_read
 Stream = Generator[bytes | StoreRequest, None, None]
 
 
+class _SharedInfos:
+    """One MessageInfo per message in the process, however many sessions hold it in their
+    snapshot (the same user twice, a list's recipients): an idle worker holds thousands of
+    snapshots.  Thread-safe: snapshots are taken on the login threads."""
+
+    def __init__(self) -> None:
+        self._infos: weakref.WeakValueDictionary[str, MessageInfo] = \
+            weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def info(self, email_id: str, uidl: str, size: int) -> MessageInfo:
+        with self._lock:
+            info = self._infos.get(email_id)
+            if info is None or info.size != size or info.uidl != uidl:
+                info = MessageInfo(sys.intern(email_id), sys.intern(uidl), size)
+                self._infos[info.email_id] = info
+            return info
+
+
+_SHARED = _SharedInfos()
+
+
 @dataclass(frozen=True, slots=True)
 class _Raw:
     email_id: str
@@ -83,7 +108,7 @@ class PgMaildrop:
                            autocommit=True)  # one statement: no BEGIN and COMMIT round trips
         missing = [email_id for email_id, _, size in rows if size is None]
         computed = self._store_sizes(user, missing) if missing else {}
-        return [MessageInfo(email_id, unique_id, computed[email_id] if size is None else size)
+        return [_SHARED.info(email_id, unique_id, computed[email_id] if size is None else size)
                 for email_id, unique_id, size in rows if size is not None or email_id in computed]
 
     def open_message(self, user_id: str, email_id: str) -> Chunks:
