@@ -62,6 +62,7 @@ class LimitsConfig:
     max_connections_per_user: int = 5
     max_messages_per_session: int = 10000
     max_bad_commands: int = 10
+    message_cache_mb: int = 32  # per worker; 0 = no cache
 
 
 @dataclass(frozen=True, slots=True)

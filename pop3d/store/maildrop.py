@@ -9,7 +9,8 @@ chunks (see :mod:`pop3d.store.jobs`); the worker completes each on its asynchron
 connections, so its loop never waits on PostgreSQL.  A message that fits in one slice is checked
 and read by one query; a larger one goes on slice by slice, each slice a query of its own, so no
 transaction is open while a client reads.  Read marks wait for ``update``: one statement per
-session instead of one per RETR.
+session instead of one per RETR.  With a :class:`~pop3d.store.cache.MessageCache`, a message
+sent before costs only the check that the user may still read it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pop3d.message.normalize import retr_octets, top_octets
 from pop3d.message.render import AttachmentMeta, SourceChanged, StoredEmail, render, rendered_size
 from pop3d.ports import Chunks, MessageInfo, StoreRequest
 from pop3d.store import stored
+from pop3d.store.cache import MessageCache
 from pop3d.store.db import Cursor, Database, as_uuid
 from pop3d.store.jobs import Job, Query, Steps, drain, single, wait
 
@@ -51,6 +53,9 @@ _OPEN = """
 SELECT octet_length(e.raw), substring(e.raw FROM 1 FOR %s) FROM emails e WHERE e.id = %s
 AND EXISTS (SELECT 1 FROM email_recipients r WHERE r.email_id = e.id AND r.user_id = %s)
 """
+
+# Whether the user may (still) read the email: all a cached message needs.
+_ACCESS = "SELECT 1 FROM email_recipients WHERE user_id = %s AND email_id = %s LIMIT 1"
 
 _SLICE = """
 SELECT substring(e.raw FROM %s FOR %s) FROM emails e WHERE e.id = %s
@@ -95,10 +100,12 @@ class _Raw:
 
 
 class PgMaildrop:
-    """The maildrop: ``snapshot`` on the blocking ``db``, the rest as streams of jobs."""
+    """The maildrop: ``snapshot`` on the blocking ``db``, the rest as streams of jobs; messages
+    once sent kept in ``cache`` (if any: the worker's loop has one, login threads none)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache: MessageCache | None = None) -> None:
         self.db = db
+        self.cache = cache
 
     def snapshot(self, user_id: str, limit: int) -> list[MessageInfo]:
         user = as_uuid(user_id)
@@ -115,7 +122,10 @@ class PgMaildrop:
         user, email = as_uuid(user_id), as_uuid(email_id)
         if user is None or email is None:
             return _gone()
-        return _message(user, email)
+        cached = self.cache.get(email) if self.cache is not None else None
+        if cached is not None:
+            return _cached(user, email, cached)
+        return _message(user, email, self.cache)
 
     def open_top(self, user_id: str, email_id: str, lines: int) -> Chunks:
         return top_octets(self.open_message(user_id, email_id), max(lines, 0))
@@ -179,8 +189,20 @@ def _gone() -> Stream:
     yield b""  # a generator: the error comes where the stream is pulled, like any other
 
 
-def _message(user: str, email: str) -> Stream:
+def _cached(user: str, email: str, octets: bytes) -> Stream:
+    if not (yield from wait(Job(single(Query(_ACCESS, (user, email)))))):
+        raise MessageGone
+    yield octets
+
+
+def _message(user: str, email: str, cache: MessageCache | None) -> Stream:
     opened = yield from wait(Job(_open(user, email)))
+    if isinstance(opened, _Raw) and cache is not None and len(opened.head) == opened.length:
+        octets = b"".join(chunk for chunk in retr_octets([opened.head])
+                          if isinstance(chunk, bytes))
+        cache.put(email, octets)
+        yield octets
+        return
     if isinstance(opened, _Raw):
         yield from retr_octets(_raw_slices(user, opened))
         return
