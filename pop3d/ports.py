@@ -29,7 +29,7 @@ class StoreRequest:
 Chunks = Iterator[bytes | StoreRequest]  # a message body, or store work with no bytes at all
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class MessageInfo:
     """One message of a maildrop snapshot, as LIST, UIDL and STAT see it."""
 

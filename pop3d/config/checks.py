@@ -105,6 +105,7 @@ def _check_limits(config: Config, c: Collector) -> None:
     if lim.line_length > MAX_LINE_LENGTH:
         c.error("limits.line_length", f"must be at most {MAX_LINE_LENGTH}, got {lim.line_length}")
     _at_least(c, "limits.login_timeout", lim.login_timeout, 1)
+    _at_least(c, "limits.message_cache_mb", lim.message_cache_mb, 0)
     _at_least(c, "limits.idle_timeout", lim.idle_timeout, 1)
     _at_least(c, "limits.max_connections_per_user", lim.max_connections_per_user, 1)
     _at_least(c, "limits.max_messages_per_session", lim.max_messages_per_session, 1)

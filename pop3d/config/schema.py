@@ -72,6 +72,7 @@ class LimitsConfig:
     max_connections_per_address: int = 50  # across every worker and host sharing memcached
     max_tls_handshakes_per_address: int = 10  # in progress at once, per worker
     ipv6_prefix: int = 64  # IPv6 clients are counted by this prefix for limits and lockouts
+    message_cache_mb: int = 32  # per worker; 0 = no cache
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,12 @@ _TIMED = frozenset({ev.Retr, ev.Top, ev.Quit})
 class Session:
     """One client's POP3 session, driven by the worker through bytes and effects."""
 
+    __slots__ = (
+        "_authz", "_box", "_clock", "_conn", "_counters", "_end_reason", "_finished", "_id",
+        "_maildrop", "_metrics", "_peer", "_principal", "_read", "_registry", "_settings",
+        "_started", "_streaming", "_timer",
+    )
+
     def __init__(
         self, settings: SessionSettings, services: Services, peer: Peer, session_id: str
     ) -> None:

@@ -9,14 +9,18 @@ chunks (see :mod:`pop3d.store.jobs`); the worker completes each on its asynchron
 connections, so its loop never waits on PostgreSQL.  A message that fits in one slice is checked
 and read by one query; a larger one goes on slice by slice, each slice a query of its own, so no
 transaction is open while a client reads.  Read marks wait for ``update``: one statement per
-session instead of one per RETR.
+session instead of one per RETR.  With a :class:`~pop3d.store.cache.MessageCache`, a message
+sent before costs only the check that the user may still read it.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import sys
+import threading
 import uuid
+import weakref
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +29,7 @@ from pop3d.message.normalize import retr_octets, top_octets
 from pop3d.message.render import AttachmentMeta, SourceChanged, StoredEmail, render, rendered_size
 from pop3d.ports import Chunks, MessageInfo, StoreRequest
 from pop3d.store import stored
+from pop3d.store.cache import MessageCache
 from pop3d.store.db import Cursor, Database, as_uuid
 from pop3d.store.jobs import Job, Query, Steps, drain, single, wait
 
@@ -49,6 +54,9 @@ SELECT octet_length(e.raw), substring(e.raw FROM 1 FOR %s) FROM emails e WHERE e
 AND EXISTS (SELECT 1 FROM email_recipients r WHERE r.email_id = e.id AND r.user_id = %s)
 """
 
+# Whether the user may (still) read the email: all a cached message needs.
+_ACCESS = "SELECT 1 FROM email_recipients WHERE user_id = %s AND email_id = %s LIMIT 1"
+
 _SLICE = """
 SELECT substring(e.raw FROM %s FOR %s) FROM emails e WHERE e.id = %s
 AND EXISTS (SELECT 1 FROM email_recipients r WHERE r.email_id = e.id AND r.user_id = %s)
@@ -62,6 +70,28 @@ WHERE user_id = %s AND email_id = ANY(%s::uuid[]) AND NOT is_read
 Stream = Generator[bytes | StoreRequest, None, None]
 
 
+class _SharedInfos:
+    """One MessageInfo per message in the process, however many sessions hold it in their
+    snapshot (the same user twice, a list's recipients): an idle worker holds thousands of
+    snapshots.  Thread-safe: snapshots are taken on the login threads."""
+
+    def __init__(self) -> None:
+        self._infos: weakref.WeakValueDictionary[str, MessageInfo] = \
+            weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def info(self, email_id: str, uidl: str, size: int) -> MessageInfo:
+        with self._lock:
+            info = self._infos.get(email_id)
+            if info is None or info.size != size or info.uidl != uidl:
+                info = MessageInfo(sys.intern(email_id), sys.intern(uidl), size)
+                self._infos[info.email_id] = info
+            return info
+
+
+_SHARED = _SharedInfos()
+
+
 @dataclass(frozen=True, slots=True)
 class _Raw:
     email_id: str
@@ -70,10 +100,12 @@ class _Raw:
 
 
 class PgMaildrop:
-    """The maildrop: ``snapshot`` on the blocking ``db``, the rest as streams of jobs."""
+    """The maildrop: ``snapshot`` on the blocking ``db``, the rest as streams of jobs; messages
+    once sent kept in ``cache`` (if any: the worker's loop has one, login threads none)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache: MessageCache | None = None) -> None:
         self.db = db
+        self.cache = cache
 
     def snapshot(self, user_id: str, limit: int) -> list[MessageInfo]:
         user = as_uuid(user_id)
@@ -83,14 +115,17 @@ class PgMaildrop:
                            autocommit=True)  # one statement: no BEGIN and COMMIT round trips
         missing = [email_id for email_id, _, size in rows if size is None]
         computed = self._store_sizes(user, missing) if missing else {}
-        return [MessageInfo(email_id, unique_id, computed[email_id] if size is None else size)
+        return [_SHARED.info(email_id, unique_id, computed[email_id] if size is None else size)
                 for email_id, unique_id, size in rows if size is not None or email_id in computed]
 
     def open_message(self, user_id: str, email_id: str) -> Chunks:
         user, email = as_uuid(user_id), as_uuid(email_id)
         if user is None or email is None:
             return _gone()
-        return _message(user, email)
+        cached = self.cache.get(email) if self.cache is not None else None
+        if cached is not None:
+            return _cached(user, email, cached)
+        return _message(user, email, self.cache)
 
     def open_top(self, user_id: str, email_id: str, lines: int) -> Chunks:
         return top_octets(self.open_message(user_id, email_id), max(lines, 0))
@@ -154,8 +189,20 @@ def _gone() -> Stream:
     yield b""  # a generator: the error comes where the stream is pulled, like any other
 
 
-def _message(user: str, email: str) -> Stream:
+def _cached(user: str, email: str, octets: bytes) -> Stream:
+    if not (yield from wait(Job(single(Query(_ACCESS, (user, email)))))):
+        raise MessageGone
+    yield octets
+
+
+def _message(user: str, email: str, cache: MessageCache | None) -> Stream:
     opened = yield from wait(Job(_open(user, email)))
+    if isinstance(opened, _Raw) and cache is not None and len(opened.head) == opened.length:
+        octets = b"".join(chunk for chunk in retr_octets([opened.head])
+                          if isinstance(chunk, bytes))
+        cache.put(email, octets)
+        yield octets
+        return
     if isinstance(opened, _Raw):
         yield from retr_octets(_raw_slices(user, opened))
         return

@@ -21,6 +21,7 @@ from pop3d.adapters.statsd import NullMetrics, StatsdMetrics
 from pop3d.auth import KeyAuthenticator
 from pop3d.config import Config, StatsdConfig, read_secret
 from pop3d.store import Database, DbSettings, PgCredentialStore, PgMaildrop
+from pop3d.store.cache import MB, MessageCache
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ def build_backends(config: Config) -> Backends:
                                      cache=shared.auth_cache if auth.cache_ttl > 0 else None,
                                      cache_secret=read_secret(config), cache_ttl=auth.cache_ttl,
                                      rate_limiter=shared.rate_limiter, metrics=metrics)
-    return Backends(maildrop=PgMaildrop(database), authenticator=authenticator,
+    cache_mb = config.limits.message_cache_mb
+    cache = MessageCache(cache_mb * MB) if cache_mb > 0 else None
+    return Backends(maildrop=PgMaildrop(database, cache), authenticator=authenticator,
                     credentials=credentials, shared=shared, metrics=metrics, database=database)
 
 

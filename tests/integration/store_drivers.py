@@ -16,10 +16,11 @@ from typing import Any, Protocol, TypeVar
 from pop3d.ports import MessageInfo
 from pop3d.store import Database, DbSettings, PgMaildrop
 from pop3d.store.aio import AsyncDatabase
+from pop3d.store.cache import MB, MessageCache
 from pop3d.store.jobs import Job, drain
 
 T = TypeVar("T")
-DRIVERS = ("blocking", "async")
+DRIVERS = ("blocking", "async", "cached")  # cached: async, with a worker's message cache
 JOB_TIMEOUT = 30.0  # seconds a LoopDriver job may take before the test fails
 
 
@@ -46,6 +47,7 @@ class LoopDriver:
     def __init__(self, settings: DbSettings, size: int = 2) -> None:
         self.selector = selectors.DefaultSelector()
         self.db = AsyncDatabase(settings, size=size, watch=self._watch, clock=time.monotonic)
+        self.jobs = 0  # completed so far
 
     def _watch(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
         try:
@@ -64,6 +66,7 @@ class LoopDriver:
         done: list[bool] = []
         self.db.submit(job, lambda: done.append(True))
         self.turn_until(lambda: bool(done))
+        self.jobs += 1
         return job
 
     def turn_until(self, finished: Callable[[], bool], timeout: float = JOB_TIMEOUT) -> None:
@@ -83,6 +86,11 @@ class LoopDriver:
 def make_driver(kind: str, db: Database) -> Driver:
     """The blocking driver on ``db`` itself, or an asynchronous one to the same database."""
     return BlockingDriver(db) if kind == "blocking" else LoopDriver(db.settings)
+
+
+def make_maildrop(kind: str, db: Database, driver: Driver) -> DrivenMaildrop:
+    cache = MessageCache(8 * MB) if kind == "cached" else None
+    return DrivenMaildrop(PgMaildrop(db, cache), driver)
 
 
 class DrivenMaildrop:

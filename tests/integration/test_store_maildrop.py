@@ -8,11 +8,12 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from store_drivers import BlockingDriver, DrivenMaildrop
+from store_drivers import BlockingDriver, DrivenMaildrop, LoopDriver
 from store_rows import Attachment, MailWriter
 
 from pop3d.errors import MessageGone, StorePermanentError
 from pop3d.store import Database, DbSettings, PgMaildrop
+from pop3d.store.cache import MB, MessageCache
 from pop3d.store.jobs import drain
 from pop3d.store.maildrop import RAW_SLICE, SIZE_BATCH
 
@@ -325,3 +326,39 @@ def test_each_streamed_size_is_saved_at_once(
         maildrop.snapshot(users["a"], 100)
     size = len(big) + big.count(b"\n")  # every LF becomes CRLF
     assert mail.scalar("SELECT size FROM emails WHERE id = %s", (first,)) == size
+
+
+def test_a_cached_message_costs_one_access_check_and_is_never_shown_to_others(
+        db: Database, mail: MailWriter, users: dict[str, str]) -> None:
+    driver = LoopDriver(db.settings)
+    cache = MessageCache(MB)
+    maildrop = DrivenMaildrop(PgMaildrop(db, cache), driver)
+    email_id = mail.email([_to(users["a"]), _to(users["b"], "b")], raw=RAW)
+    try:
+        assert maildrop.retr(users["a"], email_id) == RETR
+        assert (len(cache), cache.hits) == (1, 0)
+        before = driver.jobs
+        assert maildrop.retr(users["b"], email_id) == RETR  # another user: the same octets
+        assert b"".join(maildrop.open_top(users["b"], email_id, 0)) == b"Subject: hello\r\n\r\n"
+        assert (cache.hits, driver.jobs - before) == (2, 2)  # one access check each
+        with pytest.raises(MessageGone):
+            maildrop.retr(users["c"], email_id)  # cached, but not c's
+        maildrop.delete(users["a"], [email_id])
+        with pytest.raises(MessageGone):
+            maildrop.retr(users["a"], email_id)  # deleted meanwhile: a plain -ERR as before
+        assert maildrop.retr(users["b"], email_id) == RETR
+    finally:
+        driver.close()
+
+
+def test_messages_larger_than_a_slice_are_not_cached(
+        db: Database, mail: MailWriter, users: dict[str, str]) -> None:
+    driver = LoopDriver(db.settings)
+    cache = MessageCache(16 * MB)
+    maildrop = DrivenMaildrop(PgMaildrop(db, cache), driver)
+    big = mail.email([_to(users["a"])], raw=b"Subject: big\n\n" + b"x\n" * RAW_SLICE)
+    try:
+        assert len(maildrop.retr(users["a"], big)) > RAW_SLICE
+        assert len(cache) == 0
+    finally:
+        driver.close()

@@ -77,6 +77,7 @@ line_length = 4096
 login_timeout = 30
 idle_timeout = 900
 max_connections_per_user = 2
+message_cache_mb = 8
 max_messages_per_session = 500
 max_bad_commands = 3
 login_deadline = 90
