@@ -55,6 +55,7 @@ READ_SIZE = 65536  # one recv; the input a channel can hold unparsed is bounded 
 HIGH_WATER = 512 * 1024  # stop producing output (and reading) above this many queued octets
 WRITE_SIZE = 256 * 1024  # at most this much per send(); TLS retries the same prefix
 COALESCE_SIZE = 64 * 1024  # small chunks are joined into one send up to this many octets
+SMALL_CHUNK = 2048  # shorter output is joined to the short chunk queued before it at once
 PROXY_PEEK = 536  # bytes peeked per read: a v1 header (<= 107) or a usual v2 one in one go
 TOO_MANY_CONNECTIONS = b"-ERR [SYS/TEMP] Too many connections from your address, try later\r\n"
 TOO_MANY_HANDSHAKES = b"-ERR [SYS/TEMP] Too many TLS handshakes from your address, try later\r\n"
@@ -526,9 +527,16 @@ class Channel:
         return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
 
     def _append(self, data: bytes) -> None:
-        if data:
-            self._out.append(memoryview(data))
-            self._out_bytes += len(data)
+        if not data:
+            return
+        out = self._out
+        if len(data) < SMALL_CHUNK and out and len(out[-1]) < SMALL_CHUNK:
+            # Short replies are joined as they come: HIGH_WATER counts octets, and a queue of
+            # 20-octet replies would otherwise hold ten times as much in objects.
+            out[-1] = memoryview(b"".join((out[-1], data)))
+        else:
+            out.append(memoryview(data))
+        self._out_bytes += len(data)
 
     def _write(self) -> None:
         """Send queued output until it is gone or the socket is full, refilling from the body

@@ -1,5 +1,5 @@
 """State shared through memcached by all workers: the per-user session limit across workers,
-slots freed when a worker is SIGKILLed, the per-address lockout, and the auth cache."""
+slots freed when a worker is SIGKILLed, and the lockout of a login name from an address."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def test_a_killed_workers_slots_are_freed_by_the_master(master, mail_store: Mail
     assert f"released 1 registry slots of worker {pid}" in master.log_text()
 
 
-def test_an_address_is_locked_out_after_max_failures(start_server, mail_store: MailStore):
+def test_a_login_name_is_locked_out_from_an_address_after_max_failures(start_server,
+                                                                       mail_store: MailStore):
     master = start_server({"server": {"workers": 1, "plaintext_networks": ["127.0.0.0/8"]},
                            "auth": {"max_failures": 2, "lockout": 60}})
     account = mail_store.account([message("locked out")])

@@ -8,6 +8,8 @@ import base64
 import contextlib
 import re
 import selectors
+import socket
+import tracemalloc
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -153,6 +155,27 @@ def flood(rig: Rig, data: bytes, rounds: int, read: int) -> int:
 
 
 BOUND = replace(LIMITS, max_unparsed=4096)
+
+
+def test_queued_tiny_replies_cost_about_their_octets() -> None:
+    """Tens of thousands of 13-octet replies held for a client that does not read: the queue's
+    memory stays near the high-water mark in octets, not ten times that in objects."""
+    rig = World().rig()
+    rig.send(LOGIN)
+    rig.converse()
+    rig.channel.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # fills at once
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(6):  # 60,000 replies of 13 octets: past the high-water mark
+                rig.client.send(b"UIDL 1\r\n" * 10_000)
+                rig.run()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert rig.channel.interest == selectors.EVENT_WRITE  # stalled at the high-water mark
+    assert held < 3 * HIGH_WATER
 
 
 def test_unparsed_input_stays_bounded_when_the_client_reads_only_a_little() -> None:
