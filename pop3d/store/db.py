@@ -89,6 +89,7 @@ class Database:
 
     def __init__(self, settings: DbSettings) -> None:
         self.settings = settings
+        self._preamble = transaction_preamble(settings)
         self._conn: Connection | None = None
         self._lock = threading.RLock()
 
@@ -122,6 +123,7 @@ class Database:
         committing = False
         try:
             with conn.cursor() as cur:
+                cur.execute(self._preamble)
                 result = work(cur)
             committing = True
             conn.commit()
@@ -156,31 +158,33 @@ def _connect(settings: DbSettings) -> Connection:
         raise StoreUnavailable(first_line(exc)) from None
     except psycopg2.Error as exc:
         raise StorePermanentError(f"cannot connect: {first_line(exc)}") from None
-    try:
-        _prepare_session(conn, settings)
-    except BaseException:
-        conn.close()
-        raise
     return conn
 
 
-def _prepare_session(conn: Connection, settings: DbSettings) -> None:
-    # A lock wait ends in "lock timeout", temporary like any timeout: a table locked by another
-    # client (a long migration, a manual LOCK) costs a login [SYS/TEMP], not a hung session.
-    # UTC makes rendered Date: headers independent of the server's TimeZone setting.
+def transaction_preamble(settings: DbSettings) -> str:
+    """The statements that open every transaction, as one SQL string without parameters.
+
+    Behind a transaction pooler (PgBouncer with ``pool_mode = transaction``) consecutive
+    transactions of one client connection run on different server connections, so a
+    per-connection ``SET`` would reach one of them and leak into other clients' transactions.
+    ``SET LOCAL`` lasts exactly one transaction, wherever it runs.  Two ways to send it:
+
+    * in a transaction psycopg2 began (``autocommit`` off): execute it first, as
+      :meth:`Database.run` does;
+    * on an autocommit connection: ``BEGIN; <preamble>`` before a multi-statement transaction,
+      or ``<preamble>; <statement>`` as one query string for a single statement (the statements
+      of one query string run as one implicit transaction, and the result is the last one's).
+
+    A lock wait ends in "lock timeout", temporary like any timeout: a table locked by another
+    client (a long migration, a manual LOCK) costs a login [SYS/TEMP], not a hung session.
+    UTC keeps timestamps PostgreSQL formats as text independent of the server's TimeZone (the
+    renderer converts ``received_at`` to UTC itself)."""
     lock_timeout = settings.lock_timeout
     if lock_timeout is None:
         lock_timeout = settings.statement_timeout
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET statement_timeout = %s", (_milliseconds(settings.statement_timeout),))
-            cur.execute("SET lock_timeout = %s", (_milliseconds(lock_timeout),))
-            cur.execute("SET TIME ZONE 'UTC'")
-        conn.commit()
-    except _TEMPORARY as exc:
-        raise StoreUnavailable(first_line(exc)) from None
-    except psycopg2.Error as exc:
-        raise StorePermanentError(first_line(exc)) from None
+    return (f"SET LOCAL statement_timeout = {_milliseconds(settings.statement_timeout)}; "
+            f"SET LOCAL lock_timeout = {_milliseconds(lock_timeout)}; "
+            "SET LOCAL TimeZone = 'UTC'")
 
 
 def _milliseconds(seconds: float) -> int:
