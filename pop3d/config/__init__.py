@@ -32,6 +32,7 @@ from pop3d.config.schema import (
     MemcachedConfig,
     ServerConfig,
     StatsdConfig,
+    TracingConfig,
     TlsConfig,
 )
 from pop3d.config.values import Collector, build_section, parse_address, read_toml
@@ -57,6 +58,7 @@ __all__ = [
     "MemcachedConfig",
     "ServerConfig",
     "StatsdConfig",
+    "TracingConfig",
     "TlsConfig",
     "is_trusted",
     "load",

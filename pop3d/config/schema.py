@@ -76,6 +76,8 @@ class MemcachedConfig:
     servers: tuple[Address, ...] = (Address("127.0.0.1", 11211),)
     timeout: float = 0.5
     registry_failure: str = "open"
+    retry_after: float = 2.0
+    slot_ttl: int = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,12 @@ class StatsdConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    enabled: bool = False
+    service_name: str = "pop3d"
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "info"
     file: str = ""
@@ -115,6 +123,7 @@ class Config:
     memcached: MemcachedConfig = field(default_factory=MemcachedConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     statsd: StatsdConfig = field(default_factory=StatsdConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
@@ -131,6 +140,7 @@ SECTIONS: dict[str, type[Any]] = {
     "memcached": MemcachedConfig,
     "auth": AuthConfig,
     "statsd": StatsdConfig,
+    "tracing": TracingConfig,
     "logging": LoggingConfig,
 }
 

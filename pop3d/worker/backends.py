@@ -108,7 +108,8 @@ def release_worker_slots(config: Config, pid: int) -> None:
 def _shared_state(config: Config) -> SharedState:
     m, auth = config.memcached, config.auth
     return build_shared_state(m.servers, m.timeout, m.registry_failure,
-                              max_failures=auth.max_failures, lockout=auth.lockout)
+                              max_failures=auth.max_failures, lockout=auth.lockout,
+                              slot_ttl=m.slot_ttl, retry_after=m.retry_after)
 
 
 def metrics_for(settings: StatsdConfig) -> StatsdMetrics | NullMetrics:
