@@ -294,3 +294,4 @@ from .server_fixtures import (  # noqa: E402, F401
     start_server,
     tls_client_context,
 )
+from .scale_fixtures import memcached_pool  # noqa: E402, F401
