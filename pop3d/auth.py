@@ -36,7 +36,16 @@ from typing import TypeVar
 import bcrypt
 
 from pop3d.errors import AuthFailed, BackendUnavailable, Pop3dError
-from pop3d.ports import AuthCache, Credentials, CredentialStore, KeyRecord, Principal, RateLimiter
+from pop3d.ports import (
+    NULL_TRACER,
+    AuthCache,
+    Credentials,
+    CredentialStore,
+    KeyRecord,
+    Principal,
+    RateLimiter,
+    Tracer,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,6 +99,7 @@ class KeyAuthenticator:
         rate_limiter: RateLimiter | None = None,
         touch_interval: float = DEFAULT_TOUCH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
+        tracer: Tracer = NULL_TRACER,
     ) -> None:
         if cache is not None and not cache_secret:
             raise ValueError("an auth cache needs a secret to key it with")
@@ -101,6 +111,7 @@ class KeyAuthenticator:
         self._limiter = rate_limiter
         self._touch_interval = touch_interval
         self._clock = clock
+        self._tracer = tracer  # spans: the login, and its cache, lookup and bcrypt steps
         # Same cost as real keys, so a failed lookup takes as long as a failed verify.
         self._dummy_hash = bcrypt.hashpw(_DUMMY_PASSWORD, bcrypt.gensalt(rounds=bcrypt_cost))
         self._lock = threading.Lock()
@@ -109,6 +120,13 @@ class KeyAuthenticator:
 
     def authenticate(self, credentials: Credentials) -> Principal:
         """The principal, or AuthFailed ([AUTH]) / BackendUnavailable ([SYS/TEMP])."""
+        with self._tracer.span("pop3.login") as span:
+            span.set_attribute("pop3.mechanism", credentials.mechanism)
+            principal = self._authenticate(credentials)
+            span.set_attribute("pop3.user_id", principal.user_id)
+            return principal
+
+    def _authenticate(self, credentials: Credentials) -> Principal:
         if self._blocked(credentials.client_ip):
             raise AuthFailed("client address is rate limited")
         key = self._cache_key(credentials)
@@ -156,12 +174,16 @@ class KeyAuthenticator:
         password = _octets(credentials.password)
         user = None
         if password is not None:
-            user = self._store.find_user(credentials.username)
+            with self._tracer.span("pop3.auth.lookup"):
+                user = self._store.find_user(credentials.username)
         if password is None or user is None or user.disabled:
-            self._dummy_verify(password)
+            with self._tracer.span("pop3.auth.bcrypt"):
+                self._dummy_verify(password)
             raise AuthFailed
-        keys = self._store.candidate_keys(user.user_id, credentials.password)
-        matched = self._match(password, keys)
+        with self._tracer.span("pop3.auth.lookup"):
+            keys = self._store.candidate_keys(user.user_id, credentials.password)
+        with self._tracer.span("pop3.auth.bcrypt"):
+            matched = self._match(password, keys)
         if matched is None or self._scope not in matched.scopes:
             raise AuthFailed
         return Principal(user_id=user.user_id, key_id=matched.key_id, address=user.address)
@@ -192,12 +214,14 @@ class KeyAuthenticator:
     def _cached(self, key: str | None) -> Principal | bool | None:
         if self._cache is None or key is None:
             return None
-        return _tolerate_outage("auth cache", functools.partial(self._cache.get, key), None)
+        with self._tracer.span("pop3.auth.cache.get"):
+            return _tolerate_outage("auth cache", functools.partial(self._cache.get, key), None)
 
     def _remember(self, key: str | None, result: Principal | bool) -> None:
         if self._cache is not None and key is not None:
-            _tolerate_outage("auth cache", functools.partial(
-                self._cache.put, key, result, self._cache_ttl), None)
+            with self._tracer.span("pop3.auth.cache.put"):
+                _tolerate_outage("auth cache", functools.partial(
+                    self._cache.put, key, result, self._cache_ttl), None)
 
     def _blocked(self, client_ip: str) -> bool:
         if self._limiter is None:

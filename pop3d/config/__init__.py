@@ -32,8 +32,8 @@ from pop3d.config.schema import (
     MemcachedConfig,
     ServerConfig,
     StatsdConfig,
-    TracingConfig,
     TlsConfig,
+    TracingConfig,
 )
 from pop3d.config.values import Collector, build_section, parse_address, read_toml
 
@@ -58,8 +58,8 @@ __all__ = [
     "MemcachedConfig",
     "ServerConfig",
     "StatsdConfig",
-    "TracingConfig",
     "TlsConfig",
+    "TracingConfig",
     "is_trusted",
     "load",
     "parse_address",

@@ -19,7 +19,8 @@ from pop3d.adapters.memcache import SharedState, build_shared_state
 from pop3d.adapters.registry import MemcacheRegistry
 from pop3d.adapters.statsd import NullMetrics, StatsdMetrics
 from pop3d.auth import KeyAuthenticator
-from pop3d.config import Config, StatsdConfig, read_secret
+from pop3d.config import Config, StatsdConfig, TracingConfig, read_secret
+from pop3d.ports import NULL_TRACER, Tracer
 from pop3d.store import Database, DbSettings, PgCredentialStore, PgMaildrop
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Backends:
     shared: SharedState
     metrics: StatsdMetrics | NullMetrics
     database: Database
+    tracer: Tracer | None = None  # None: tracing is off
     _threads: threading.local = field(default_factory=threading.local)
     _thread_databases: list[Database] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -83,13 +85,15 @@ def build_backends(config: Config) -> Backends:
     database = Database(settings)
     shared = _shared_state(config)
     auth = config.auth
+    tracer = tracer_for(config.tracing)
     authenticator = KeyAuthenticator(credentials, scope=auth.scope, bcrypt_cost=auth.bcrypt_cost,
                                      cache=shared.auth_cache if auth.cache_ttl > 0 else None,
                                      cache_secret=read_secret(config), cache_ttl=auth.cache_ttl,
-                                     rate_limiter=shared.rate_limiter)
+                                     rate_limiter=shared.rate_limiter,
+                                     tracer=tracer or NULL_TRACER)
     return Backends(maildrop=PgMaildrop(database), authenticator=authenticator,
                           credentials=credentials, shared=shared,
-                          metrics=metrics_for(config.statsd), database=database)
+                          metrics=metrics_for(config.statsd), database=database, tracer=tracer)
 
 
 def release_worker_slots(config: Config, pid: int) -> None:
@@ -110,6 +114,19 @@ def _shared_state(config: Config) -> SharedState:
     return build_shared_state(m.servers, m.timeout, m.registry_failure,
                               max_failures=auth.max_failures, lockout=auth.lockout,
                               slot_ttl=m.slot_ttl, retry_after=m.retry_after)
+
+
+def tracer_for(settings: TracingConfig) -> Tracer | None:
+    """OpenTelemetry spans when ``[tracing]`` enables them and opentelemetry-api is installed;
+    otherwise None, and nothing of OpenTelemetry is imported."""
+    if not settings.enabled:
+        return None
+    try:
+        from pop3d.adapters.otel import build_tracer  # noqa: PLC0415 - only when enabled
+    except ImportError:
+        log.warning("[tracing] is enabled but opentelemetry-api is not installed: no spans")
+        return None
+    return build_tracer(settings.service_name)
 
 
 def metrics_for(settings: StatsdConfig) -> StatsdMetrics | NullMetrics:
