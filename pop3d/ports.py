@@ -13,7 +13,23 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
-@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """Work for the store that a stream cannot do without waiting (a database query).
+
+    Streams of the :class:`Maildrop` yield these between their chunks of bytes.  Whoever pulls
+    the stream (the worker's channel) completes the request, by its own means and without
+    blocking its loop, before it pulls the next item; the stream then reads the request's
+    outcome itself.  Everything between the store and the channel passes requests through
+    untouched.  Fakes yield none.
+    """
+
+    __slots__ = ()
+
+
+Chunks = Iterator[bytes | StoreRequest]  # a message body, or store work with no bytes at all
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class MessageInfo:
     """One message of a maildrop snapshot, as LIST, UIDL and STAT see it."""
 
@@ -86,30 +102,33 @@ class CredentialStore(Protocol):
 
 class Maildrop(Protocol):
     """A user's mail, as POP3 sees it.  Every call is scoped to ``user_id``: a user never reaches
-    an email without a recipient row for them."""
+    an email without a recipient row for them.
+
+    ``snapshot`` blocks (call it off the worker's loop); the others return :data:`Chunks`,
+    streams that do their work as they are pulled, yielding a :class:`StoreRequest` whenever
+    they must wait for the database, and raising the store's errors where they are pulled.
+    """
 
     def snapshot(self, user_id: str, limit: int) -> list[MessageInfo]:
         """The user's messages, oldest first (received_at, then id), at most ``limit``."""
         ...
 
-    def open_message(self, user_id: str, email_id: str) -> Iterator[bytes]:
+    def open_message(self, user_id: str, email_id: str) -> Chunks:
         """The exact RETR bytes (CRLF line ends, ending in CRLF, not dot-stuffed) in chunks.
 
-        Access is checked before this returns (raising MessageGone); the chunks are fetched
-        lazily as the iterator is pulled, so a large message is never held whole."""
+        Access is checked before the first chunk (raising MessageGone); the rest is fetched
+        as the stream is pulled, so a large message is never held whole."""
         ...
 
-    def open_top(self, user_id: str, email_id: str, lines: int) -> Iterator[bytes]:
+    def open_top(self, user_id: str, email_id: str, lines: int) -> Chunks:
         """The headers, the blank line and the first ``lines`` body lines, like open_message."""
         ...
 
-    def mark_read(self, user_id: str, email_id: str) -> None:
-        """Mark the user's recipient rows of this email read (RETR does, TOP does not)."""
-        ...
-
-    def delete(self, user_id: str, email_ids: Sequence[str]) -> None:
-        """Remove the user's recipient rows of these emails in one transaction, and the emails
-        (with attachments) that no user references any more.  All or nothing."""
+    def update(self, user_id: str, *, delete: Sequence[str], mark_read: Sequence[str]) -> Chunks:
+        """Remove the user's recipient rows of the ``delete`` emails in one transaction, and
+        the emails (with attachments) that no user references any more: all or nothing.  Then
+        mark the user's rows of the ``mark_read`` emails read (RETR does, TOP does not), which
+        may be lost without harm.  A stream of requests only: it yields no bytes."""
         ...
 
 

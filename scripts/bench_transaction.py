@@ -1,15 +1,14 @@
 #!/usr/bin/env python3
 """What the per-transaction preamble (pop3d.store.db.transaction_preamble) costs.
 
-    .venv/bin/python scripts/bench_transaction.py [--dsn DSN] [--count 3000] [--repeat 5]
+    .venv/bin/python scripts/bench_transaction.py [--dsn DSN] [--count 3000] [--repeat 7]
 
-Times the shortest transaction pop3d runs (a one-row SELECT, committed) on a psycopg2
-connection the way ``Database.run`` drives it, without the preamble (what a transaction cost
-when the settings were made once per connection) and with it; then on an autocommit
-connection sending ``BEGIN; <preamble>`` as one query (the asynchronous driver's way); then
-``Database.run`` itself.  --dsn defaults to the test database of scripts/services.sh; point it
-at a PgBouncer to measure through the pooler.  Prints microseconds per transaction, best and
-median of --repeat runs.
+Times the shortest statement pop3d runs (a one-row SELECT) on one psycopg2 connection, alone
+and with the preamble in front of it in the same query string (as both drivers send it), in
+autocommit mode (a single statement: the asynchronous driver's jobs, the login lookups) and
+in a transaction psycopg2 begins and commits; then ``Database.run`` itself both ways.  --dsn
+defaults to the test database of scripts/services.sh; point it at a PgBouncer to measure
+through the pooler.  Prints microseconds per statement, best and median of --repeat runs.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from pop3d.store import Database, DbSettings
 from pop3d.store.db import Cursor, transaction_preamble
 
 SERVICES_ENV = Path(__file__).resolve().parent.parent / "var" / "services.env"
+SELECT = "SELECT 1"
 
 
 def default_dsn() -> str:
@@ -40,26 +40,19 @@ def default_dsn() -> str:
 
 
 def select_one(cur: Cursor) -> object:
-    cur.execute("SELECT 1")
+    cur.execute(SELECT)
     return cur.fetchone()
 
 
-def raw_transaction(conn: psycopg2.extensions.connection, preamble: str) -> None:
+def raw_statement(conn: psycopg2.extensions.connection, sql: str) -> None:
     with conn.cursor() as cur:
-        if preamble:
-            cur.execute(preamble)
-        select_one(cur)
-    conn.commit()
+        cur.execute(sql)
+        cur.fetchone()
+    if not conn.autocommit:
+        conn.commit()
 
 
-def explicit_transaction(conn: psycopg2.extensions.connection, preamble: str) -> None:
-    with conn.cursor() as cur:
-        cur.execute(f"BEGIN; {preamble}")
-        select_one(cur)
-        cur.execute("COMMIT")
-
-
-def per_transaction(run: Callable[[], object], count: int) -> float:
+def per_statement(run: Callable[[], object], count: int) -> float:
     started = time.perf_counter()
     for _ in range(count):
         run()
@@ -68,28 +61,29 @@ def per_transaction(run: Callable[[], object], count: int) -> float:
 
 def report(name: str, run: Callable[[], object], count: int, repeat: int) -> None:
     run()  # connect outside the timing
-    runs = [per_transaction(run, count) for _ in range(repeat)]
-    print(f"{name:20} best {min(runs):7.1f} us  median {statistics.median(runs):7.1f} us"
-          " per transaction")
+    runs = [per_statement(run, count) for _ in range(repeat)]
+    print(f"{name:34} best {min(runs):7.1f} us  median {statistics.median(runs):7.1f} us")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", default=None)
     parser.add_argument("--count", type=int, default=3000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     settings = DbSettings(args.dsn or default_dsn(), application_name="pop3d-bench")
+    prefixed = f"{transaction_preamble(settings)}; {SELECT}"
     conn = psycopg2.connect(settings.dsn)
-    preamble = transaction_preamble(settings)
-    for name, text in (("without preamble", ""), ("with preamble", preamble)):
-        report(name, partial(raw_transaction, conn, text), args.count, args.repeat)
-    conn.autocommit = True
-    report("BEGIN; preamble", partial(explicit_transaction, conn, preamble), args.count,
-           args.repeat)
+    for autocommit in (True, False):
+        conn.autocommit = autocommit
+        mode = "autocommit" if autocommit else "transaction"
+        for name, sql in (("", SELECT), (" + preamble", prefixed)):
+            report(f"{mode}{name}", partial(raw_statement, conn, sql), args.count, args.repeat)
     conn.close()
     db = Database(settings)
-    report("Database.run", partial(db.run, select_one), args.count, args.repeat)
+    for autocommit in (True, False):
+        report(f"Database.run(autocommit={autocommit})",
+               partial(db.run, select_one, autocommit=autocommit), args.count, args.repeat)
     db.close()
 
 

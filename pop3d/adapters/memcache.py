@@ -14,13 +14,16 @@ SHA-256, so every key is printable ASCII without spaces and far below memcached'
 * ``pop3d:reg:w:<host:pid:>#<k>`` shard k of a worker's session index
 
 A key is placed on a server by its part before ``#``, so all the slots of one user (and all the
-shards of one worker) live on one server and are read in one round trip.  A server that fails
+shards of one worker) live on one server and are read in one round trip.  The placement (a
+rendezvous hash over the servers, pure Python in pymemcache) is computed once per part and
+remembered, not once per key.  A server that fails
 to answer is skipped for ``retry_after`` seconds: while memcached is down, a login pays the
 timeout about once per interval, not on every call.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -48,6 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_RETRY_AFTER = 2.0  # seconds a failed server is skipped (pymemcache HashClient: 1-60 s)
+PLACEMENTS = 65536  # key groups (users, workers, addresses) whose server is remembered
 MAX_RELATIVE_TTL = 30 * 24 * 3600  # memcached reads a larger expiry as a Unix timestamp
 _HEX_DIGEST = re.compile(r"[0-9a-f]{32,128}")
 _CLOSED_BY_SERVER = (ConnectionResetError, BrokenPipeError, MemcacheUnexpectedCloseError)
@@ -84,6 +88,7 @@ class MemcacheClient:
             for s in servers
         }
         self._hash = RendezvousHash(nodes=list(self._pools))
+        self._placement = functools.lru_cache(maxsize=PLACEMENTS)(self._hash.get_node)
         self._retry_after = retry_after
         self._clock = clock
         self._down_until: dict[str, float] = {}
@@ -160,7 +165,7 @@ class MemcacheClient:
             raise BackendUnavailable(f"memcached {node}: {_describe(exc)}") from exc
 
     def _node(self, key: str) -> str:
-        node: str = self._hash.get_node(key.partition("#")[0])
+        node: str = self._placement(key.partition("#")[0])
         return node
 
     def _by_node(self, keys: Iterable[str]) -> list[list[str]]:

@@ -1,12 +1,15 @@
 """The per-user session registry shared by every worker on every host (ARCHITECTURE §4.7).
 
 Theory of operation.  A user with a limit of N has N slot keys, ``<ns>:reg:u:<user>#0`` to
-``#N-1``; a session holds one slot, whose value is its session id.  ``acquire`` reads the
-user's slots in one round trip and claims a free one with memcached ``add``, which creates a
-key only if it is absent: two sessions racing for a slot cannot both win, so at most N
-sessions ever hold slots, without any read-modify-write of shared data.  A round that loses
-every race re-reads; a bounded number of rounds ends in a refusal.  ``release`` deletes the
-slot with ``cas`` (a negative expiry), so it never frees a slot someone else has taken since.
+``#N-1``; a session holds one slot, whose value is its session id.  Slots are claimed with
+memcached ``add``, which creates a key only if it is absent: two sessions racing for a slot
+cannot both win, so at most N sessions ever hold slots, without any read-modify-write of shared
+data.  ``acquire`` first tries the one slot its session id hashes to: most users hold few of
+their slots, so a login usually costs that one round trip whatever N is.  Only when that slot
+is taken does it read the slots that follow, :data:`WINDOW` at a time, and try the free ones; a
+user whose slots are all held is refused after one read of each window.  ``release`` deletes
+the slot with ``cas`` (a negative expiry), so it never frees a slot someone else has taken
+since.
 
 Slots expire ``slot_ttl`` seconds after they were last written.  The worker calls
 :meth:`MemcacheRegistry.refresh_all` about every ``slot_ttl / 2`` seconds to extend the slots
@@ -41,8 +44,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REFRESH_INTERVAL = 60  # seconds between refresh_all calls of a worker
 DEFAULT_SLOT_TTL = 2 * DEFAULT_REFRESH_INTERVAL  # one missed refresh is forgiven, two are not
-INDEX_SHARDS = 32  # a worker with 5000 sessions rewrites ~160 entries (~6 kB) per change
-CLAIM_ROUNDS = 3  # reads of a user's slots before a contended acquire gives up
+INDEX_SHARDS = 256  # a worker with 5000 sessions rewrites ~20 entries (~1 kB) per change
+CLAIM_ROUNDS = 3  # tries of a slot (gets and cas) before a contended release gives up
+WINDOW = 32  # slots read in one round trip when the first choice is taken
 WARN_INTERVAL = 60.0  # seconds between "memcached is down" warnings
 
 
@@ -193,21 +197,28 @@ class MemcacheRegistry:
     # -- slots ----------------------------------------------------------------------------------
 
     def _claim(self, user_id: str, session_id: str, limit: int) -> int | None:
-        keys = [self._slot_key(user_id, n) for n in range(limit)]
         wanted = _id_bytes(session_id)
-        for _ in range(CLAIM_ROUNDS):
-            taken = self._store.get_many(keys)
-            mine = [n for n, key in enumerate(keys) if taken.get(key) == wanted]
-            if mine:
-                return mine[0]
-            free = [n for n, key in enumerate(keys) if key not in taken]
-            if not free:
-                return None
-            # Start at a different free slot per session, so racing sessions rarely collide.
-            start = zlib.crc32(wanted) % len(free)
-            for n in free[start:] + free[:start]:
-                if self._store.add(keys[n], wanted, self._slot_ttl):
-                    return n
+        # Each session starts at its own slot, so racing sessions rarely collide.
+        first = zlib.crc32(wanted) % limit
+        if self._store.add(self._slot_key(user_id, first), wanted, self._slot_ttl):
+            return first
+        order = [(first + step) % limit for step in range(limit)]
+        for start in range(0, limit, WINDOW):
+            slot = self._claim_in(user_id, order[start:start + WINDOW], wanted)
+            if slot is not None:
+                return slot
+        return None
+
+    def _claim_in(self, user_id: str, slots: list[int], wanted: bytes) -> int | None:
+        """One of ``slots``: read them in one round trip, then try the free ones in turn."""
+        keys = {slot: self._slot_key(user_id, slot) for slot in slots}
+        taken = self._store.get_many(keys.values())
+        for slot, key in keys.items():
+            if taken.get(key) == wanted:
+                return slot  # held already by this very session
+        for slot, key in keys.items():
+            if key not in taken and self._store.add(key, wanted, self._slot_ttl):
+                return slot
         return None
 
     def _free(self, key: str, session_id: str) -> bool:

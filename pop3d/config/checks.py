@@ -100,6 +100,7 @@ def _check_limits(config: Config, c: Collector) -> None:
     if lim.line_length > MAX_LINE_LENGTH:
         c.error("limits.line_length", f"must be at most {MAX_LINE_LENGTH}, got {lim.line_length}")
     _at_least(c, "limits.login_timeout", lim.login_timeout, 1)
+    _at_least(c, "limits.message_cache_mb", lim.message_cache_mb, 0)
     _at_least(c, "limits.idle_timeout", lim.idle_timeout, 1)
     _at_least(c, "limits.max_connections_per_user", lim.max_connections_per_user, 1)
     _at_least(c, "limits.max_messages_per_session", lim.max_messages_per_session, 1)
@@ -112,6 +113,7 @@ def _check_database(config: Config, c: Collector) -> None:
     if not config.database.dsn.strip():
         c.error("database.dsn", "must not be empty")
     _at_least(c, "database.connect_timeout", config.database.connect_timeout, 1)
+    _at_least(c, "database.connections", config.database.connections, 1)
     timeout, heartbeat = config.database.statement_timeout, config.server.worker_timeout
     if not 0 < timeout < heartbeat:
         c.error("database.statement_timeout",

@@ -62,6 +62,7 @@ class LimitsConfig:
     max_connections_per_user: int = 5
     max_messages_per_session: int = 10000
     max_bad_commands: int = 10
+    message_cache_mb: int = 32  # per worker; 0 = no cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class DatabaseConfig:
     dsn: str = "postgresql:///mail"
     connect_timeout: int = 5
     statement_timeout: float = 10.0
+    connections: int = 4  # per worker, for its loop's queries (logins have auth.threads more)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,15 +9,19 @@ CRLF, and the output always ends with one.
 These filters work on chunks of any size and carry their state across chunk boundaries (a run
 of CRs at the end of one chunk, a field name split between two), so a message is never held
 whole, and the output does not depend on where the chunks were cut.  The same functions compute
-the stored size and produce the bytes sent, so the two cannot disagree.
+the stored size and produce the bytes sent, so the two cannot disagree.  An item of the input
+that is not bytes (a request the store's stream makes of its consumer) passes through in its
+place.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 CRLF = b"\r\n"
+P = TypeVar("P")  # whatever else the stream carries, passed through
 # RFC 5322 section 2.1.1: a line is at most 998 characters; a "field name" without a colon
 # within that many bytes is no header field at all.
 MAX_LINE = 998
@@ -192,7 +196,7 @@ class TopLimiter:
         return data[:pos]
 
 
-def retr_octets(raw_chunks: Iterable[bytes]) -> Iterator[bytes]:
+def retr_octets(raw_chunks: Iterable[bytes | P]) -> Iterator[bytes | P]:
     """Stored raw bytes -> RETR bytes: CRLF line ends, a final CRLF, no Bcc fields.
 
     A message of nothing but Bcc fields becomes what an empty one does: one empty line.
@@ -201,6 +205,9 @@ def retr_octets(raw_chunks: Iterable[bytes]) -> Iterator[bytes]:
     bcc = BccRemover()
     sent = False
     for chunk in raw_chunks:
+        if not isinstance(chunk, bytes):
+            yield chunk
+            continue
         out = bcc.feed(crlf.feed(chunk))
         if out:
             sent = True
@@ -210,10 +217,13 @@ def retr_octets(raw_chunks: Iterable[bytes]) -> Iterator[bytes]:
         yield out or CRLF
 
 
-def top_octets(retr_chunks: Iterable[bytes], lines: int) -> Iterator[bytes]:
+def top_octets(retr_chunks: Iterable[bytes | P], lines: int) -> Iterator[bytes | P]:
     """RETR bytes -> TOP bytes; stops pulling ``retr_chunks`` once enough lines have passed."""
     top = TopLimiter(lines)
     for chunk in retr_chunks:
+        if not isinstance(chunk, bytes):
+            yield chunk
+            continue
         out = top.feed(chunk)
         if out:
             yield out

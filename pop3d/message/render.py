@@ -5,7 +5,8 @@ derive from the email id, the Date from ``received_at`` (in UTC), and no clock, 
 locale is involved.  So every render of a row is byte-identical and its length can be stored as
 the size LIST reports.  Attachment content is read through ``read_slice`` in slices that are a
 multiple of 57 octets (one 76-character base64 line), so each slice encodes to whole lines and
-a large attachment is never held whole.
+a large attachment is never held whole.  ``read_slice`` is a generator function: whatever it
+yields while it fetches a slice (the store's requests) passes through the rendered stream.
 
 :func:`rendered_size` is that length without reading any attachment content: it renders the
 message with empty attachment bodies and adds each body's length, which base64's fixed line
@@ -22,10 +23,11 @@ import base64
 import binascii
 import functools
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from typing import TypeVar
 
 from pop3d.message import headers
 from pop3d.message.headers import EmailAddress
@@ -64,8 +66,9 @@ class StoredEmail:
     attachments: tuple[AttachmentMeta, ...] = ()
 
 
+P = TypeVar("P")  # what a slice reader yields while it fetches: passed through
 # (attachment, offset, length) -> exactly that many octets of the attachment's content
-SliceReader = Callable[[AttachmentMeta, int, int], bytes]
+SliceReader = Callable[[AttachmentMeta, int, int], Generator[P, None, bytes]]
 
 
 class SourceChanged(Exception):
@@ -73,7 +76,7 @@ class SourceChanged(Exception):
 
 
 # attachment -> its encoded body, the lines between its part headers and the next delimiter
-_BodyWriter = Callable[[AttachmentMeta], Iterable[bytes]]
+_BodyWriter = Callable[[AttachmentMeta], Iterable[bytes | P]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,7 @@ class _Multipart:
 _Part = _Text | AttachmentMeta | _Multipart
 
 
-def render(email: StoredEmail, read_slice: SliceReader) -> Iterator[bytes]:
+def render(email: StoredEmail, read_slice: SliceReader[P]) -> Iterator[bytes | P]:
     """The message's RETR bytes, in chunks: header block first, then the body parts."""
     return _render(email, functools.partial(_base64_body, read_slice=read_slice))
 
@@ -111,7 +114,7 @@ def base64_length(octets: int) -> int:
     return lines * (4 * BASE64_LINE // 3 + len(CRLF)) + last
 
 
-def _render(email: StoredEmail, attachment_body: _BodyWriter) -> Iterator[bytes]:
+def _render(email: StoredEmail, attachment_body: _BodyWriter[P]) -> Iterator[bytes | P]:
     root = _structure(email)
     yield _message_headers(email) + b"MIME-Version: 1.0\r\n" + _part_headers(root) + CRLF
     yield from _part_body(root, attachment_body)
@@ -191,7 +194,7 @@ def _attachment_headers(attachment: AttachmentMeta) -> bytes:
             + b"Content-Transfer-Encoding: base64\r\n")
 
 
-def _part_body(part: _Part, attachment_body: _BodyWriter) -> Iterator[bytes]:
+def _part_body(part: _Part, attachment_body: _BodyWriter[P]) -> Iterator[bytes | P]:
     if isinstance(part, _Multipart):
         yield from _multipart_body(part, attachment_body)
     elif isinstance(part, _Text):
@@ -200,7 +203,7 @@ def _part_body(part: _Part, attachment_body: _BodyWriter) -> Iterator[bytes]:
         yield from attachment_body(part)
 
 
-def _multipart_body(part: _Multipart, attachment_body: _BodyWriter) -> Iterator[bytes]:
+def _multipart_body(part: _Multipart, attachment_body: _BodyWriter[P]) -> Iterator[bytes | P]:
     delimiter = b"--" + part.boundary.encode("ascii")
     for child in part.parts:
         yield delimiter + CRLF + _part_headers(child) + CRLF
@@ -229,11 +232,11 @@ def _fits_7bit(text: str, lines: list[str]) -> bool:
             and all(len(line) <= MAX_7BIT_LINE for line in lines))
 
 
-def _base64_body(attachment: AttachmentMeta, read_slice: SliceReader) -> Iterator[bytes]:
+def _base64_body(attachment: AttachmentMeta, read_slice: SliceReader[P]) -> Iterator[bytes | P]:
     offset = 0
     while offset < attachment.size:
         want = min(ATTACHMENT_SLICE, attachment.size - offset)
-        data = read_slice(attachment, offset, want)
+        data = yield from read_slice(attachment, offset, want)
         if len(data) != want:
             raise SourceChanged("attachment changed while being sent")
         yield base64.encodebytes(data).replace(b"\n", CRLF)

@@ -58,6 +58,8 @@ _ON_RECEIVE = frozenset(event for _, event, outcome in TRANSITIONS if outcome is
 class Connection:
     """One client connection's protocol state, with no IO of its own."""
 
+    __slots__ = ("_greeted", "_pending", "_reader", "_state")
+
     def __init__(self, max_line_length: int = MAX_LINE_LENGTH) -> None:
         self._reader = LineReader(max_line_length)
         self._state = State.AUTHORIZATION
@@ -109,7 +111,7 @@ class Connection:
         self._answer(reply)
         return data
 
-    def send_stream(self, reply: Reply) -> Iterator[bytes]:
+    def send_stream(self, reply: Reply) -> Iterator[bytes | object]:
         """Like :meth:`send` but as chunks, so a Body is pulled only as fast as it is written."""
         self._answer(reply)
         return render_stream(reply)

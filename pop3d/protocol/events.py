@@ -188,10 +188,12 @@ class MultiLine:
 class Body:
     """``+OK text`` followed by a message streamed in chunks (RETR, TOP).
 
-    The chunks are the exact message octets (CRLF line ends, not dot-stuffed)."""
+    The chunks are the exact message octets (CRLF line ends, not dot-stuffed).  A chunk that
+    is not bytes is something the caller streaming the reply must deal with (the store's
+    requests, for the worker): the writer passes it through where it stands."""
 
     text: str
-    chunks: Iterator[bytes]
+    chunks: Iterator[bytes | object]
 
 
 Reply = Ok | Err | Continue | MultiLine | Body

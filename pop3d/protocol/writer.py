@@ -4,7 +4,8 @@ Multi-line responses are dot-stuffed (RFC 1939 §3: a line starting with "." get
 end with CRLF "." CRLF, and message bodies always end with CRLF before that terminator.  Bodies
 are streamed: each chunk is stuffed with ``bytes.replace`` plus one carried fact (does the next
 chunk start a line?), so a "." that begins a line at a chunk boundary is stuffed too and no
-Python code runs per line.
+Python code runs per line.  Items of a body that are not bytes pass through untouched, in
+their place: they are for whoever pulls the stream (see :class:`~pop3d.protocol.events.Body`).
 """
 
 from __future__ import annotations
@@ -48,14 +49,17 @@ def stuff_lines(lines: tuple[str, ...]) -> bytes:
     return block + CRLF + TERMINATOR
 
 
-def dot_stuff(chunks: Iterable[bytes]) -> Iterator[bytes]:
+def dot_stuff(chunks: Iterable[bytes | object]) -> Iterator[bytes | object]:
     """Stuff a message body given in arbitrary chunks and terminate it.
 
     Yields the stuffed chunks (unchanged objects when there is nothing to stuff), an extra "."
     before a chunk that starts a line with ".", and finally the terminator, preceded by CRLF
-    when the body did not end with one."""
+    when the body did not end with one.  Items that are not bytes pass through."""
     tail = CRLF  # the last two octets sent; ending in LF means the next octet starts a line
     for piece in chunks:
+        if not isinstance(piece, bytes | bytearray | memoryview):
+            yield piece
+            continue
         if not piece:
             continue
         # A database driver may hand out memoryviews; the port promises bytes, be lenient.
@@ -67,7 +71,7 @@ def dot_stuff(chunks: Iterable[bytes]) -> Iterator[bytes]:
     yield TERMINATOR if tail == CRLF else CRLF + TERMINATOR
 
 
-def render_stream(reply: Reply) -> Iterator[bytes]:
+def render_stream(reply: Reply) -> Iterator[bytes | object]:
     """Any reply as a sequence of chunks; only a Body produces more than one."""
     if isinstance(reply, Body):
         yield status_line(b"+OK", reply.text)
@@ -87,5 +91,11 @@ def render(reply: Reply) -> bytes:
     if isinstance(reply, Continue):
         return b"+ " + binascii.b2a_base64(reply.challenge, newline=False) + CRLF
     if isinstance(reply, Body):
-        return b"".join(render_stream(reply))
+        return b"".join(map(_as_bytes, render_stream(reply)))
     raise LocalProtocolError(f"not a reply: {reply!r}")
+
+
+def _as_bytes(chunk: bytes | object) -> bytes:
+    if not isinstance(chunk, bytes):
+        raise LocalProtocolError("a body that yields more than bytes must be streamed")
+    return chunk

@@ -8,6 +8,7 @@ from pop3d.session.core import Session
 from pop3d.session.mailbox import Mailbox
 from pop3d.session.values import (
     Authenticate,
+    Await,
     Effect,
     LoginGrant,
     Peer,
@@ -20,6 +21,7 @@ from pop3d.session.values import (
 
 __all__ = [
     "Authenticate",
+    "Await",
     "Effect",
     "LoginGrant",
     "Mailbox",

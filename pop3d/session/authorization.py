@@ -48,6 +48,11 @@ Outcome = ev.Reply | Authenticate | Refusal  # what a login command asks the ses
 class Authorization:
     """One session's state before login, and the login commands that change it."""
 
+    __slots__ = (
+        "_attempt", "_attempt_started", "_bad_commands", "_clock", "_failed_logins",
+        "_metrics", "_peer", "_sasl", "_settings", "_struck", "_username", "tls",
+    )
+
     def __init__(self, settings: SessionSettings, peer: Peer, metrics: Metrics,
                  clock: Callable[[], float]) -> None:
         self._settings, self._peer = settings, peer

@@ -18,10 +18,10 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from pop3d.errors import InUse, Pop3dError
-from pop3d.ports import MessageInfo, Principal, Span, Tracer
+from pop3d.ports import Chunks, MessageInfo, Principal, Span, StoreRequest, Tracer
 from pop3d.protocol import Connection, LocalProtocolError, Pending, State
 from pop3d.protocol import events as ev
 from pop3d.protocol.states import LEGAL, capabilities
@@ -30,6 +30,7 @@ from pop3d.session.mailbox import Mailbox
 from pop3d.session.tracing import describe, span_name
 from pop3d.session.values import (
     Authenticate,
+    Await,
     Effect,
     LoginGrant,
     Peer,
@@ -44,9 +45,9 @@ log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "Internal server error"
 _NOOP = ev.Ok()
-_PASSED_THROUGH = (Authenticate, Send)  # a tuple: isinstance on one is twice a union's speed
+_PASSED_THROUGH = (Authenticate, Send, Await)  # a tuple: isinstance is faster than on a union
 
-HandlerResult = Outcome | Send  # a reply, an effect for the worker, or a refusal to send later
+HandlerResult = Outcome | Send | Await  # a reply, an effect for the worker, or a refusal
 _Handler = Callable[["Session", Any], HandlerResult]
 
 
@@ -59,6 +60,12 @@ _TIMED = frozenset({ev.Retr, ev.Top, ev.Quit})
 
 class Session:
     """One client's POP3 session, driven by the worker through bytes and effects."""
+
+    __slots__ = (
+        "_authz", "_box", "_clock", "_conn", "_counters", "_end_reason", "_finished", "_id",
+        "_maildrop", "_metrics", "_peer", "_principal", "_read", "_registry", "_settings",
+        "_span", "_started", "_streaming", "_timer", "_tracer",
+    )
 
     def __init__(
         self, settings: SessionSettings, services: Services, peer: Peer, session_id: str
@@ -73,7 +80,9 @@ class Session:
         self._authz = Authorization(settings, peer, self._metrics, self._clock)
         self._principal: Principal | None = None
         self._box: Mailbox | None = None
-        self._streaming = False  # a RETR/TOP body is still being pulled
+        self._streaming = False  # a RETR/TOP body is being opened or still being pulled
+        self._timer: tuple[str, float] | None = None  # a store-bound command's, until answered
+        self._read: list[str] = []  # emails retrieved whole, not yet marked read in the store
         self._end_reason: str | None = None
         self._finished = False
         self._counters = SessionCounters()
@@ -137,15 +146,20 @@ class Session:
         self._conn.tls_started()
         self._authz.tls_started()
 
-    def close(self, reason: str = "closed") -> None:
-        """End the session without UPDATE (EOF, timeout, shutdown); safe to call again."""
+    def close(self, reason: str = "closed") -> Chunks | None:
+        """End the session without UPDATE (EOF, timeout, shutdown); safe to call again.
+
+        Returns the store work left to do (read marks of retrieved messages), for the worker
+        to run after the connection is gone; losing it costs nothing but the marks."""
         self._finish(reason)
+        return self._leftover()
 
     # -- dispatch -------------------------------------------------------------------------------
 
     def _dispatch(self, event: ev.Event) -> HandlerResult:
         handler, counter, timer = _ROUTES[type(event)]
-        started = self._clock() if timer is not None else 0.0
+        if timer is not None:
+            self._timer = (timer, self._clock())
         try:
             result = handler(self, event)
         except Exception as error:
@@ -155,9 +169,16 @@ class Session:
             counter = f"commands.{(event.verb or 'unknown').lower()}"
         if counter is not None:
             self._metrics.incr(counter)
-        if timer is not None:
-            self._metrics.timing(timer, (self._clock() - started) * 1000.0)
+        if not isinstance(result, Await):
+            self._stop_timer()
         return result
+
+    def _stop_timer(self) -> None:
+        """A timed command has its answer: RETR and TOP their first bytes, QUIT its UPDATE."""
+        if self._timer is not None:
+            name, started = self._timer
+            self._timer = None
+            self._metrics.timing(name, (self._clock() - started) * 1000.0)
 
     def _traced(self, tracer: Tracer, event: ev.Event) -> HandlerResult:
         """``_dispatch`` in a span ``pop3.<verb>`` ([tracing] enabled)."""
@@ -181,12 +202,13 @@ class Session:
         return INTERNAL_ERROR
 
     def _effect(self, result: HandlerResult) -> Effect:
-        if isinstance(result, _PASSED_THROUGH):  # an effect already (a login job)
+        if isinstance(result, _PASSED_THROUGH):  # an effect already (a login or store job)
             return result
         if isinstance(result, Refusal):
             return self._refusal(result)
         if isinstance(result, ev.Body):
-            return self._send(self._conn.send_stream(result))
+            # The body's items are bytes and the store's requests, passed through by the writer.
+            return self._send(cast(Chunks, self._conn.send_stream(result)))
         data = self._conn.send(result)
         state = self._conn.state
         if state is State.TRANSACTION and self._end_reason is None:
@@ -195,7 +217,7 @@ class Session:
             return StartTls(data)
         return self._send(data)
 
-    def _send(self, data: bytes | Iterator[bytes], delay: float = 0.0) -> Send:
+    def _send(self, data: bytes | Chunks, delay: float = 0.0) -> Send:
         state = self._conn.state
         if state is not State.SASL:
             self._authz.sasl_over()
@@ -269,23 +291,35 @@ class Session:
         self._end_reason = "line too long"
         return ev.Err(event.reason)
 
-    def _quit(self, event: ev.Quit) -> ev.Reply:
-        """QUIT: in TRANSACTION, UPDATE (the DELE marks, atomically) before the farewell."""
+    def _quit(self, event: ev.Quit) -> ev.Reply | Await:
+        """QUIT: in TRANSACTION, UPDATE (the DELE marks, atomically, and the read marks)
+        before the farewell."""
         self._end_reason = "quit"
-        farewell = f"{self._settings.server_name} POP3 server signing off"
         box = self._box
         if box is None:
-            return ev.Ok(farewell)
+            return ev.Ok(f"{self._settings.server_name} POP3 server signing off")
         doomed = box.marked()
+        read, self._read = self._read, []
+        if not (doomed or read):
+            return self._farewell(doomed, None)
+        update = self._maildrop.update(box.user_id, mark_read=read,
+                                       delete=[message.email_id for message in doomed])
+        return Await(update, partial(self._farewell_effect, doomed))
+
+    def _farewell_effect(self, doomed: list[MessageInfo],
+                         outcome: bytes | Exception | None) -> Effect:
+        return self._effect(self._farewell(doomed, outcome))
+
+    def _farewell(self, doomed: list[MessageInfo], outcome: bytes | Exception | None) -> ev.Reply:
+        self._stop_timer()
+        if isinstance(outcome, Exception):
+            self._end_reason = "quit, update failed"
+            return ev.Err(self._reply_for(outcome, "Quit"))
         if doomed:
-            try:
-                self._maildrop.delete(box.user_id, [message.email_id for message in doomed])
-            except Exception:
-                self._end_reason = "quit, update failed"
-                raise
             self._metrics.incr("messages.deleted", len(doomed))
         self._counters.dele = len(doomed)
         self._counters.dele_bytes = sum(message.size for message in doomed)
+        farewell = f"{self._settings.server_name} POP3 server signing off"
         return ev.Ok(f"{farewell} ({len(doomed)} messages deleted)")
 
     # -- AUTHORIZATION: the login commands belong to the Authorization -------------------------
@@ -341,19 +375,17 @@ class Session:
         lines = tuple([f"{n} {message.uidl}" for n, message in box.live()])
         return ev.MultiLine("Unique-id listing follows", lines)
 
-    def _retr(self, event: ev.Retr) -> ev.Reply:
+    def _retr(self, event: ev.Retr) -> Await:
         box = self._mailbox()
         message = box.get(event.msg)
         chunks = self._maildrop.open_message(box.user_id, message.email_id)
-        return ev.Body(
-            f"{message.size} octets", self._watch(chunks, partial(self._retrieved, message))
-        )
+        return self._opening(chunks, f"{message.size} octets", partial(self._retrieved, message))
 
-    def _top(self, event: ev.Top) -> ev.Reply:
+    def _top(self, event: ev.Top) -> Await:
         box = self._mailbox()
         message = box.get(event.msg)
         chunks = self._maildrop.open_top(box.user_id, message.email_id, event.lines)
-        return ev.Body("Top of message follows", self._watch(chunks, self._topped))
+        return self._opening(chunks, "Top of message follows", self._topped)
 
     def _dele(self, event: ev.Dele) -> ev.Reply:
         self._mailbox().mark(event.msg)
@@ -370,24 +402,33 @@ class Session:
 
     # -- message bodies -------------------------------------------------------------------------
 
-    def _watch(self, chunks: Iterator[bytes], done: Callable[[int], None]) -> Iterator[bytes]:
-        """Pull the first chunk now, so a missing message is still a plain -ERR, and call
-        ``done`` only once the body has been pulled to its end (an aborted RETR is not read)."""
-        chunks = iter(chunks)
-        first = next(chunks, None)
+    def _opening(self, chunks: Chunks, text: str, done: Callable[[int], None]) -> Await:
+        """Answer only once the store has the first bytes, so a message gone meanwhile is
+        still a plain -ERR; commands after it wait until the body has been pulled to its end
+        (a pipelined DELE/QUIT cannot delete a message that is still being sent)."""
         self._streaming = True
-        return self._pull(first, chunks, done)
+        return Await(chunks, partial(self._opened, chunks, text, done))
 
-    def _pull(
-        self, first: bytes | None, chunks: Iterator[bytes], done: Callable[[int], None]
-    ) -> Iterator[bytes]:
+    def _opened(self, chunks: Chunks, text: str, done: Callable[[int], None],
+                first: bytes | Exception | None) -> Effect:
+        self._stop_timer()
+        if isinstance(first, Exception):
+            self._streaming = False
+            return self._effect(ev.Err(self._reply_for(first, "opening a message")))
+        return self._effect(ev.Body(text, self._pull(first, chunks, done)))
+
+    def _pull(self, first: bytes | None, chunks: Chunks,
+              done: Callable[[int], None]) -> Iterator[bytes | StoreRequest]:
+        """The body, and ``done`` called only once it has been pulled to its end (an aborted
+        RETR is not read)."""
         try:
             sent = 0
             if first is not None:
                 sent = len(first)
                 yield first
                 for chunk in chunks:
-                    sent += len(chunk)
+                    if isinstance(chunk, bytes):
+                        sent += len(chunk)
                     yield chunk
             done(sent)
         finally:
@@ -398,10 +439,13 @@ class Session:
         self._counters.retr_bytes += sent
         self._metrics.incr("messages.retrieved")
         self._metrics.incr("bytes.sent", sent)
-        try:
-            self._maildrop.mark_read(self._mailbox().user_id, message.email_id)
-        except Exception as error:  # the message went out; only the read flag is lost
-            log.warning("session %s: marking a message read failed: %r", self._id, error)
+        self._read.append(message.email_id)  # marked in the store at QUIT or at the end
+
+    def _leftover(self) -> Chunks | None:
+        read, self._read = self._read, []
+        if not read or self._box is None:
+            return None
+        return self._maildrop.update(self._box.user_id, delete=[], mark_read=read)
 
     def _topped(self, sent: int) -> None:
         self._counters.top += 1

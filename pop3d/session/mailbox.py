@@ -9,6 +9,8 @@ from pop3d.ports import MessageInfo
 class Mailbox:
     """The snapshot taken at login, numbered from 1 and never renumbered, and its DELE marks."""
 
+    __slots__ = ("_marked", "_marked_size", "_messages", "_total", "user_id")
+
     def __init__(self, user_id: str, messages: list[MessageInfo]) -> None:
         self.user_id = user_id
         self._messages = messages

@@ -8,7 +8,7 @@ from pop3d.ports import Principal, Span
 from pop3d.protocol import events as ev
 from pop3d.session.authorization import Refusal
 from pop3d.session.mailbox import Mailbox
-from pop3d.session.values import Authenticate
+from pop3d.session.values import Authenticate, Await
 
 # One name per event type, never from client input: a span name is an index in every backend.
 _NAMES: dict[type[ev.Event], str] = {}
@@ -29,14 +29,17 @@ def describe(span: Span, *, session_id: str, principal: Principal | None, box: M
         span.set_attribute("pop3.user_id", principal.user_id)
     status = reply_status(result)
     span.set_attribute("pop3.status", status)
-    if status == "+OK" and box is not None and isinstance(event, ev.Retr | ev.Top):
+    if status != "-ERR" and box is not None and isinstance(event, ev.Retr | ev.Top):
         span.set_attribute("pop3.message.octets", box.get(event.msg).size)
 
 
 def reply_status(result: object) -> str:
-    """+OK, -ERR, or "login" for a login handed to the thread pool (its own span there)."""
+    """+OK, -ERR, "login" for a login handed to the thread pool (its own span there), or
+    "await" for a command answered once the store has replied (RETR, TOP, QUIT)."""
     if isinstance(result, Authenticate):
         return "login"
+    if isinstance(result, Await):
+        return "await"
     if isinstance(result, ev.Err | Refusal):
         return "-ERR"
     return "+OK"  # a reply, a body, or a SASL challenge

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pop3d.ports import (
     Authenticator,
+    Chunks,
     Credentials,
     Maildrop,
     MessageInfo,
@@ -50,7 +51,10 @@ class Services:
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    data: bytes | Iterator[bytes]
+    """Write ``data``: bytes, or a stream whose store requests the worker completes as it
+    pulls; after ``delay`` seconds (a refused login); then close the connection if ``close``."""
+
+    data: bytes | Chunks
     delay: float = 0.0
     close: bool = False
 
@@ -82,7 +86,18 @@ class Authenticate:
         return LoginGrant(principal, maildrop.snapshot(principal.user_id, self.max_messages))
 
 
-Effect = Send | StartTls | Authenticate
+@dataclass(frozen=True, slots=True)
+class Await:
+    """Pull ``steps`` (completing the store requests it yields, off the session) until it gives
+    bytes, ends or fails, then call ``resume`` with the first bytes, None or the error; it
+    returns the next effect.  RETR and TOP wait for the message's first bytes this way (so a
+    message gone meanwhile is still a plain ``-ERR``), QUIT for its UPDATE."""
+
+    steps: Chunks
+    resume: Callable[[bytes | Exception | None], Effect]
+
+
+Effect = Send | StartTls | Authenticate | Await
 
 
 @dataclass(slots=True)

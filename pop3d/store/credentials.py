@@ -2,7 +2,8 @@
 
 The authenticator runs on a small thread pool, and a psycopg2 connection must not be used by
 two threads at once, so each thread gets its own :class:`Database` (opened on its first login).
-Lookups are short and indexed: users by ``lower(address)``, keys by user among the active ones.
+Lookups are short and indexed: users by ``lower(address)``, keys by user among the active ones;
+each is one statement, sent without BEGIN and COMMIT.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class PgCredentialStore:
     def find_user(self, address: str) -> UserRecord | None:
         if not is_storable(address):
             return None  # no stored address contains NUL or invalid UTF-8
-        return self._db().run(lambda cur: find_user(cur, address.strip()))
+        return self._db().run(lambda cur: find_user(cur, address.strip()), autocommit=True)
 
     def candidate_keys(self, user_id: str, presented: str) -> list[KeyRecord]:
         user = as_uuid(user_id)
@@ -60,12 +61,12 @@ class PgCredentialStore:
             return []
         if not is_storable(presented):
             presented = ""  # matches no prefix; keys without one are still candidates
-        return self._db().run(lambda cur: _candidates(cur, user, presented))
+        return self._db().run(lambda cur: _candidates(cur, user, presented), autocommit=True)
 
     def touch_keys(self, key_ids: Sequence[str]) -> None:
         ids = sorted({k for k in map(as_uuid, key_ids) if k is not None})
         if ids:
-            self._db().run(lambda cur: cur.execute(
+            self._db().run(autocommit=True, work=lambda cur: cur.execute(
                 "UPDATE api_keys SET last_used_at = now() WHERE id = ANY(%s::uuid[])", (ids,)))
 
     def close(self) -> None:

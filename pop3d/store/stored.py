@@ -13,6 +13,7 @@ from pop3d.errors import MessageGone
 from pop3d.message.headers import EmailAddress
 from pop3d.message.render import AttachmentMeta, StoredEmail
 from pop3d.store.db import Cursor
+from pop3d.store.jobs import Query, Rows, Steps
 
 _EMAIL = """
 SELECT id::text, received_at, message_id, from_address, from_name, subject, in_reply_to,
@@ -39,30 +40,30 @@ WHERE a.id = %s AND EXISTS
 """
 
 
-def load_email(cur: Cursor, email_id: str) -> StoredEmail:
+def load_email(email_id: str) -> Steps[StoredEmail]:
     """Everything needed to render the email except attachment content."""
-    cur.execute(_EMAIL, (email_id,))
-    row = cur.fetchone()
-    if row is None:
+    rows = yield Query(_EMAIL, (email_id,))
+    if not rows:
         raise MessageGone
     (email, received_at, message_id, from_address, from_name, subject, in_reply_to,
-     references, text_body, html_body) = row
-    to, cc = _recipients(cur, email_id)
+     references, text_body, html_body) = rows[0]
+    to, cc = _recipients((yield Query(_RECIPIENTS, (email_id,))))
+    attachments = tuple(AttachmentMeta(att_id, name, ctype, int(size))
+                        for att_id, name, ctype, size in (yield Query(_ATTACHMENTS, (email_id,))))
     return StoredEmail(
         email_id=email, received_at=_as_datetime(received_at), message_id=message_id,
         sender=EmailAddress(from_address, from_name) if from_address else None,
         to=to, cc=cc, subject=subject, in_reply_to=in_reply_to, references=references,
-        text_body=text_body, html_body=html_body, attachments=_attachments(cur, email_id))
+        text_body=text_body, html_body=html_body, attachments=attachments)
 
 
 Addresses = tuple[EmailAddress, ...]
 
 
-def _recipients(cur: Cursor, email_id: str) -> tuple[Addresses, Addresses]:
-    cur.execute(_RECIPIENTS, (email_id,))
+def _recipients(rows: Rows) -> tuple[Addresses, Addresses]:
     lists: dict[str, list[EmailAddress]] = {"to": [], "cc": []}
     seen: set[tuple[str, str]] = set()
-    for kind, address, name in cur.fetchall():
+    for kind, address, name in rows:
         if not address.strip():
             continue
         if (kind, address.lower()) not in seen:  # one user reached twice is listed once
@@ -71,20 +72,12 @@ def _recipients(cur: Cursor, email_id: str) -> tuple[Addresses, Addresses]:
     return tuple(lists["to"]), tuple(lists["cc"])
 
 
-def _attachments(cur: Cursor, email_id: str) -> tuple[AttachmentMeta, ...]:
-    cur.execute(_ATTACHMENTS, (email_id,))
-    return tuple(AttachmentMeta(att_id, name, ctype, int(size))
-                 for att_id, name, ctype, size in cur.fetchall())
-
-
-def attachment_slice(cur: Cursor, *, user: str, attachment: str, offset: int,
-                     length: int) -> bytes:
+def attachment_slice(user: str, attachment: str, offset: int, length: int) -> Steps[bytes]:
     """``length`` octets of an attachment from ``offset`` (0-based), if the user may read it."""
-    cur.execute(_SLICE, (offset + 1, length, attachment, user))
-    row = cur.fetchone()
-    if row is None or row[0] is None:
+    rows = yield Query(_SLICE, (offset + 1, length, attachment, user))
+    if not rows or rows[0][0] is None:
         raise MessageGone("message changed while being sent")
-    return bytes(row[0])
+    return bytes(rows[0][0])
 
 
 def small_raws(cur: Cursor, *, user: str, emails: list[str],

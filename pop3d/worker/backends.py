@@ -22,6 +22,7 @@ from pop3d.auth import KeyAuthenticator
 from pop3d.config import Config, StatsdConfig, TracingConfig, read_secret
 from pop3d.ports import NULL_TRACER, Tracer
 from pop3d.store import Database, DbSettings, PgCredentialStore, PgMaildrop
+from pop3d.store.cache import MB, MessageCache
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,9 @@ def build_backends(config: Config) -> Backends:
                                      cache_secret=read_secret(config), cache_ttl=auth.cache_ttl,
                                      rate_limiter=shared.rate_limiter,
                                      tracer=tracer or NULL_TRACER)
-    return Backends(maildrop=PgMaildrop(database), authenticator=authenticator,
+    cache_mb = config.limits.message_cache_mb
+    cache = MessageCache(cache_mb * MB) if cache_mb > 0 else None
+    return Backends(maildrop=PgMaildrop(database, cache), authenticator=authenticator,
                           credentials=credentials, shared=shared,
                           metrics=metrics_for(config.statsd), database=database, tracer=tracer)
 

@@ -12,10 +12,15 @@ context, the metrics port, a clock and the limits); the worker, as its :class:`C
 only runs logins on its thread pool, wakes held replies up on time and forgets closed channels.
 
 Back-pressure: the channel asks the session for the next effect only while nothing is pending
-(no authentication running, no held reply, no STLS in flight, no body still streaming) and its
-output is under :data:`HIGH_WATER`; it reads the socket only under the same condition, so a
-client that pipelines without reading stalls itself and nobody else.  Message bodies are pulled
-from the store's chunk iterator only when the output has room.
+(no authentication running, no held reply, no store request out, no STLS in flight, no body
+still streaming) and its output is under :data:`HIGH_WATER`; it reads the socket only under the
+same condition, so a client that pipelines without reading stalls itself and nobody else.
+Message bodies are pulled from the store's stream only when the output has room.
+
+The store's streams yield requests (database jobs) between their bytes.  The channel hands each
+to the host, which completes it without blocking the loop, and pulls the stream on only when
+:meth:`Channel.on_store_done` says it is done: for an :class:`Await` (RETR and TOP waiting for
+their first bytes, QUIT for its UPDATE) as for a body being sent.
 """
 
 from __future__ import annotations
@@ -25,20 +30,20 @@ import logging
 import selectors
 import socket
 import ssl
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from pop3d.ports import Metrics
+from pop3d.ports import Chunks, Metrics, StoreRequest
 from pop3d.protocol.proxy import ProxyHeaderParser
-from pop3d.session import Authenticate, Effect, LoginGrant, Send, Session, StartTls
+from pop3d.session import Authenticate, Await, Effect, LoginGrant, Send, Session, StartTls
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536  # one recv; the input a channel can hold unparsed is bounded by this
 HIGH_WATER = 512 * 1024  # stop producing output (and reading) above this many queued octets
 WRITE_SIZE = 256 * 1024  # at most this much per send(); TLS retries the same prefix
+COALESCE_SIZE = 64 * 1024  # small chunks are joined into one send up to this many octets
 PROXY_PEEK = 536  # bytes peeked per read: a v1 header (<= 107) or a usual v2 one in one go
 
 
@@ -57,6 +62,13 @@ class ChannelHost(Protocol):
 
     def hold_until(self, channel: Channel, when: float) -> None:
         """Call :meth:`Channel.on_hold_expired` once the clock reaches ``when``."""
+
+    def submit_store(self, channel: Channel, request: StoreRequest) -> None:
+        """Complete the request without blocking; then call :meth:`Channel.on_store_done`."""
+
+    def run_detached(self, steps: Chunks) -> None:
+        """Complete the requests of ``steps`` one by one, for no channel (a closed session's
+        read marks)."""
 
     def closed(self, channel: Channel, reason: str) -> None:
         """The channel is closing: forget it (its socket is still open, for the selector)."""
@@ -95,6 +107,14 @@ class ChannelSetup:
 class Channel:
     """A client connection; every method is called from the worker's loop thread only."""
 
+    # Slots: an idle worker holds thousands of channels, sessions and their parts.
+    __slots__ = (
+        "_await", "_awaiting_auth", "_clock", "_close_after_flush", "_handshake_wants", "_held",
+        "_known_source", "_last_activity", "_out", "_out_bytes", "_parked", "_phase_started",
+        "_proxy", "_proxy_seen", "_setup", "_stream", "_tls_after_flush", "client_ip", "host",
+        "implicit_tls", "phase", "session", "sock",
+    )
+
     def __init__(self, setup: ChannelSetup, sock: socket.socket, client_ip: str, *,
                  implicit_tls: bool) -> None:
         self.host = setup.host
@@ -106,11 +126,15 @@ class Channel:
         self.session: Session | None = None
         self._phase_started = self._clock()
         self._last_activity = self._phase_started
-        self._out: deque[memoryview] = deque()
+        # Output not yet sent: a few chunks at most (HIGH_WATER), so a list (56 octets empty)
+        # rather than a deque (about 600), as every idle session holds one.
+        self._out: list[memoryview] = []
         self._out_bytes = 0
-        self._stream: Iterator[bytes] | None = None
+        self._stream: Chunks | None = None
         self._held: Send | None = None
         self._awaiting_auth = False
+        self._await: Await | None = None  # being pulled to its first bytes
+        self._parked = False  # a store request is out: the stream (or await) waits for it
         self._tls_after_flush = False
         self._close_after_flush: str | None = None  # why the channel closes once flushed
         self._handshake_wants = selectors.EVENT_READ
@@ -151,7 +175,7 @@ class Channel:
     def waiting(self) -> bool:
         """The server, not the client, owes the next step (a login running, a reply held):
         idle timeouts do not apply."""
-        return self._awaiting_auth or self._held is not None
+        return self._awaiting_auth or self._held is not None or self._parked
 
     def expired(self, now: float) -> str | None:
         """Why the channel has been in its phase too long and must close, or None."""
@@ -187,6 +211,17 @@ class Channel:
             self._apply(self.session.login_done(outcome))
             self._progress()
 
+    def on_store_done(self) -> None:
+        """The store request the channel handed out is complete; pull on from where it was."""
+        self._parked = False
+        if self.phase is not Phase.SESSION:
+            return
+        if self._await is not None:
+            self._advance_await()
+        else:
+            self._fill_from_stream()
+        self._progress()
+
     def on_hold_expired(self) -> None:
         """A delayed reply (authentication failure) may go out now."""
         held, self._held = self._held, None
@@ -201,10 +236,12 @@ class Channel:
             return
         self.phase = Phase.CLOSED
         self._out.clear()
-        self._stream = None
+        self._stream = self._await = None
         try:
             if self.session is not None:
-                self.session.close(reason)
+                leftover = self.session.close(reason)
+                if leftover is not None:
+                    self.host.run_detached(leftover)
         finally:
             # The host unregisters the socket first: once closed, its fd can no longer be found
             # in the selector (after STLS the registered object is the pre-TLS socket), and a
@@ -303,7 +340,8 @@ class Channel:
     def _ready_for_input(self) -> bool:
         return (self.phase is Phase.SESSION and not self._awaiting_auth and self._held is None
                 and not self._tls_after_flush and not self._close_after_flush
-                and self._stream is None and self._out_bytes < HIGH_WATER)
+                and self._stream is None and self._await is None
+                and self._out_bytes < HIGH_WATER)
 
     def _progress(self) -> None:
         """Answer queued commands and write until blocked: on the client (socket full), on an
@@ -356,6 +394,30 @@ class Channel:
         elif isinstance(effect, Authenticate):
             self._awaiting_auth = True
             self.host.submit_login(self, effect)
+        elif isinstance(effect, Await):
+            self._await = effect
+            self._advance_await()
+
+    def _advance_await(self) -> None:
+        """Pull the awaited steps to their first bytes, their end or their error, handing out
+        each store request on the way; then the session says what comes next."""
+        awaited = self._await
+        assert awaited is not None
+        outcome: bytes | Exception | None
+        try:
+            item = next(awaited.steps)
+        except StopIteration:
+            outcome = None
+        except Exception as exc:  # the store's verdict (MessageGone, [SYS/TEMP]...)
+            outcome = exc
+        else:
+            if isinstance(item, StoreRequest):
+                self._parked = True
+                self.host.submit_store(self, item)
+                return
+            outcome = item
+        self._await = None
+        self._apply(awaited.resume(outcome))
 
     def _queue(self, send: Send) -> None:
         if isinstance(send.data, bytes | bytearray | memoryview):
@@ -370,7 +432,7 @@ class Channel:
         """Pull body chunks while there is room.  A store failure mid-body ends the connection
         once what is queued has gone out: the client has seen ``+OK`` and part of the body, so
         no ``-ERR`` can follow, and the missing terminator tells it the body is incomplete."""
-        while self._stream is not None and self._out_bytes < HIGH_WATER:
+        while self._stream is not None and self._out_bytes < HIGH_WATER and not self._parked:
             try:
                 chunk = next(self._stream)
             except StopIteration:
@@ -381,7 +443,11 @@ class Channel:
                 self._stream = None
                 self._close_after_flush = "message body failed mid-stream"
             else:
-                self._append(chunk)
+                if isinstance(chunk, StoreRequest):
+                    self._parked = True
+                    self.host.submit_store(self, chunk)
+                else:
+                    self._append(chunk)
 
     # --- bytes in and out -------------------------------------------------------------------
 
@@ -399,6 +465,17 @@ class Channel:
         assert self.session is not None
         self.session.feed(data)
 
+    def _coalesced(self) -> memoryview:
+        """The head of the output, joined with the chunks after it that fit in one send: a
+        RETR is a status line, a body and a terminator, one send (and one TLS record) rather
+        than three."""
+        out = self._out
+        if len(out) > 1 and len(out[0]) < COALESCE_SIZE:
+            joined = _joined(out)
+            if len(joined) > 1:
+                out[:len(joined)] = [memoryview(b"".join(joined))]
+        return out[0]
+
     def _tls_pending(self) -> bool:
         """TLS may hold decrypted bytes that the selector cannot see."""
         return isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0
@@ -412,7 +489,7 @@ class Channel:
         """Send queued output until it is gone or the socket is full, refilling from the body
         being streamed as room appears."""
         while self._out:
-            head = self._out[0]
+            head = self._coalesced()
             try:
                 sent = self.sock.send(head[:WRITE_SIZE])
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError,
@@ -424,10 +501,22 @@ class Channel:
             self._last_activity = self._clock()
             self._out_bytes -= sent
             if sent == len(head):
-                self._out.popleft()
+                del self._out[0]
             else:
                 self._out[0] = head[sent:]
             self._fill_from_stream()
+
+
+def _joined(chunks: list[memoryview]) -> list[memoryview]:
+    """The leading chunks worth joining into one send (at least the first): copying more
+    than COALESCE_SIZE costs more than the system call it saves."""
+    total, count = 0, 0
+    for chunk in chunks:
+        if count and total + len(chunk) > COALESCE_SIZE:
+            break
+        total += len(chunk)
+        count += 1
+    return chunks[:count]
 
 
 def _reason(exc: BaseException) -> str:

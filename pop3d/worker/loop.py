@@ -6,7 +6,9 @@ selector, database connections, the TLS context, the authentication thread pool)
 
 - ``select`` with a timeout of at most one second;
 - accept on the shared listening sockets while under ``worker_connections``;
-- hand socket events to each :class:`~pop3d.worker.channel.Channel`;
+- hand socket events to each :class:`~pop3d.worker.channel.Channel`, and to the database
+  connections of :class:`~pop3d.store.aio.AsyncDatabase`, whose sockets sit in the same
+  selector: the sessions' queries (RETR, TOP, QUIT) never make the loop wait;
 - collect finished authentications (bcrypt runs on a small thread pool, so one login never stalls
   the other sessions) and held replies whose delay is over (the auth-failure delay is a timer,
   not a sleep);
@@ -34,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from setproctitle import setproctitle
 
@@ -41,7 +44,10 @@ from pop3d import log as logsetup
 from pop3d.config import TLS_VERSIONS, Config, is_trusted
 from pop3d.handoff import EXIT_OK, EXIT_WORKER_BOOT_ERROR, Listener
 from pop3d.heartbeat import Heartbeat
+from pop3d.ports import Chunks, StoreRequest
 from pop3d.session import Authenticate, LoginGrant, Peer, Services, Session, SessionSettings
+from pop3d.store.aio import AsyncDatabase
+from pop3d.store.jobs import Job
 from pop3d.worker.backends import Backends, build_backends, session_prefix
 from pop3d.worker.channel import Channel, ChannelHost, ChannelLimits, ChannelSetup
 from pop3d.worker.wakeup import FAST_SIGNALS, Wakeup
@@ -75,6 +81,7 @@ class Worker(ChannelHost):
         self._stopped = False
         self._next_tick = 0.0
         self._housekeeping: Future[None] | None = None
+        self._watched: set[int] = set()  # database sockets registered in the selector
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -99,6 +106,9 @@ class Worker(ChannelHost):
         self._wakeup.install_signals()
         self.tls_context = build_tls_context(self.config)
         self.backends: Backends = build_backends(self.config)
+        self.database = AsyncDatabase(self.backends.database.settings,
+                                      size=self.config.database.connections,
+                                      watch=self._watch_fd, clock=time.monotonic)
         self.pool = ThreadPoolExecutor(self.config.auth.threads, thread_name_prefix="auth")
         self.settings = session_settings(self.config)
         self.channel_setup = ChannelSetup(
@@ -112,6 +122,7 @@ class Worker(ChannelHost):
     def _shutdown(self) -> None:
         for channel in list(self.channels):
             channel.close("worker stopping")
+        self.database.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.backends.close()
         log.info("worker %d stopped", self.age)
@@ -138,6 +149,7 @@ class Worker(ChannelHost):
 
     def _tick(self, now: float) -> None:
         self._expire_idle(now)
+        self.database.expire(now)
         if self._draining_until is None and \
                 len(self.channels) < self.config.server.worker_connections:
             self._set_accepting(True)
@@ -290,6 +302,45 @@ class Worker(ChannelHost):
     def hold_until(self, channel: Channel, when: float) -> None:
         heapq.heappush(self._holds, (when, next(self._hold_order), channel))
 
+    def submit_store(self, channel: Channel, request: StoreRequest) -> None:
+        self.database.submit(_job(request), lambda: self._store_done(channel))
+
+    def _store_done(self, channel: Channel) -> None:
+        if channel in self.channels:
+            self._run(channel, channel.on_store_done)
+
+    def run_detached(self, steps: Chunks) -> None:
+        """Pull ``steps`` request by request on the database connections; nobody waits."""
+        try:
+            request = next(item for item in steps if isinstance(item, StoreRequest))
+        except StopIteration:
+            return
+        except Exception:
+            log.exception("worker %d: detached store work failed", self.age)
+            return
+        self.database.submit(_job(request), lambda: self.run_detached(steps))
+
+    def _watch_fd(self, fd: int, events: int, callback: Callable[[int], None]) -> None:
+        """The database connections' sockets in the loop's selector (events 0: forget it)."""
+        registered = fd in self._watched
+        if not events:
+            if registered:
+                self._watched.discard(fd)
+                self.selector.unregister(fd)
+            return
+        guarded = functools.partial(self._database_event, callback)
+        if registered:
+            self.selector.modify(fd, events, guarded)
+        else:
+            self._watched.add(fd)
+            self.selector.register(fd, events, guarded)
+
+    def _database_event(self, callback: Callable[[int], None], mask: int) -> None:
+        try:
+            callback(mask)
+        except Exception:
+            log.exception("worker %d: database connection failed", self.age)
+
     def closed(self, channel: Channel, reason: str) -> None:
         if channel not in self.channels:
             return
@@ -353,6 +404,12 @@ class Worker(ChannelHost):
             log.info("worker %d: graceful timeout, closing %d sessions", self.age,
                      len(self.channels))
             self._stopped = True
+
+
+def _job(request: StoreRequest) -> Job[Any]:
+    if not isinstance(request, Job):
+        raise TypeError(f"not a store job: {request!r}")
+    return request
 
 
 def _outcome(future: Future[LoginGrant]) -> LoginGrant | Exception:

@@ -23,7 +23,7 @@ from .server_fixtures import Account, Client, MailStore, message
 
 pytestmark = pytest.mark.e2e
 
-POOL_SIZE = 2  # server connections; pop3d's 2 workers open up to 2 x (1 + 2 x 4 threads)
+POOL_SIZE = 2  # server connections; pop3d's 2 workers open up to 2 x (4 + 2 x 4 threads)
 SERVER_TIMEZONE = "Pacific/Chatham"  # UTC+12:45 or +13:45: any leak shows in a Date header
 SESSIONS = 8
 

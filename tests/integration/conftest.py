@@ -13,9 +13,10 @@ from pathlib import Path
 import psycopg2
 import psycopg2.extensions
 import pytest
+from store_drivers import DRIVERS, DrivenMaildrop, make_driver, make_maildrop
 from store_rows import MailWriter
 
-from pop3d.store import Accounts, Database, DbSettings, PgMaildrop, migrate
+from pop3d.store import Accounts, Database, DbSettings, migrate
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,9 +55,13 @@ def db(dsn: str) -> Iterator[Database]:
     database.close()
 
 
-@pytest.fixture
-def maildrop(db: Database) -> PgMaildrop:
-    return PgMaildrop(db)
+@pytest.fixture(params=DRIVERS)
+def maildrop(request: pytest.FixtureRequest, db: Database) -> Iterator[DrivenMaildrop]:
+    """The maildrop, its streams run by the blocking driver and by the worker's asynchronous
+    one in turn."""
+    driver = make_driver(request.param, db)
+    yield make_maildrop(request.param, db, driver)
+    driver.close()
 
 
 @pytest.fixture

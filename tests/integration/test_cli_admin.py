@@ -16,6 +16,7 @@ from pop3d.auth import KeyAuthenticator
 from pop3d.cli.sysexits import EX_CONFIG, EX_DATAERR, EX_NOUSER, EX_TEMPFAIL, EX_USAGE
 from pop3d.ports import Credentials
 from pop3d.store import Database, DbSettings, PgCredentialStore, PgMaildrop
+from pop3d.store.jobs import drain
 
 POP3D = str(Path(sys.executable).with_name("pop3d"))
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -90,7 +91,7 @@ def test_migrate_add_user_create_key_deliver_and_log_in(config: Path, tmp_path: 
     db = Database(settings)
     maildrop = PgMaildrop(db)
     for info in maildrop.snapshot(user_id, 10):
-        sent = b"".join(maildrop.open_message(user_id, info.email_id))
+        sent = b"".join(drain(maildrop.open_message(user_id, info.email_id), db.complete))
         assert info.size == len(sent)
         assert sent == MESSAGE.replace(b"Bcc: hidden@example.com\n", b"").replace(
             b"\n", b"\r\n") + b"\r\n"

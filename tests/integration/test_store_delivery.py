@@ -8,6 +8,7 @@ from store_rows import MailWriter
 from pop3d.errors import BadMessage, NoSuchUser, StoreUnavailable
 from pop3d.store import Accounts, Database, DbSettings, PgMaildrop, deliver
 from pop3d.store.db import Cursor
+from pop3d.store.jobs import drain
 
 MESSAGE = (
     b"From: =?utf-8?q?Zo=C3=AB?= <zoe@example.org>\n"
@@ -140,7 +141,7 @@ def test_mbox_envelope_line_is_dropped(db: Database, mail: MailWriter,
 def test_size_is_what_retr_sends(db: Database, mail: MailWriter, people: dict[str, str],
                                  message: bytes) -> None:
     email_id = deliver(db, message, ["a@example.com"])
-    sent = b"".join(PgMaildrop(db).open_message(people["a"], email_id))
+    sent = b"".join(drain(PgMaildrop(db).open_message(people["a"], email_id), db.complete))
     assert b"Bcc" not in sent
     assert mail.scalar("SELECT size FROM emails WHERE id = %s", (email_id,)) == len(sent)
 

@@ -8,18 +8,17 @@ import tracemalloc
 from datetime import UTC, datetime
 
 import pytest
+from store_drivers import DrivenMaildrop
 from store_rows import Attachment, MailWriter
-
-from pop3d.store import PgMaildrop
 
 MB = 1024 * 1024
 
 
-def _retr(maildrop: PgMaildrop, user_id: str, email_id: str) -> bytes:
+def _retr(maildrop: DrivenMaildrop, user_id: str, email_id: str) -> bytes:
     return b"".join(maildrop.open_message(user_id, email_id))
 
 
-def _size(maildrop: PgMaildrop, user_id: str, email_id: str) -> int:
+def _size(maildrop: DrivenMaildrop, user_id: str, email_id: str) -> int:
     [info] = [m for m in maildrop.snapshot(user_id, 100) if m.email_id == email_id]
     return info.size
 
@@ -42,14 +41,14 @@ RAW_CASES = {
 
 @pytest.mark.parametrize("case", sorted(RAW_CASES))
 def test_raw_is_sent_normalised_and_size_matches(
-        case: str, maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+        case: str, maildrop: DrivenMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
     raw, expected = RAW_CASES[case]
     email_id = mail.email([(users["a"], "a@example.com", "to")], raw=raw)
     assert _retr(maildrop, users["a"], email_id) == expected
     assert _size(maildrop, users["a"], email_id) == len(expected)
 
 
-def test_top_on_raw_message(maildrop: PgMaildrop, mail: MailWriter,
+def test_top_on_raw_message(maildrop: DrivenMaildrop, mail: MailWriter,
                             users: dict[str, str]) -> None:
     raw = b"A: 1\nBcc: x@y\n\none\ntwo\nthree\n"
     email_id = mail.email([(users["a"], "a@example.com", "to")], raw=raw)
@@ -60,7 +59,7 @@ def test_top_on_raw_message(maildrop: PgMaildrop, mail: MailWriter,
     assert top(99) == _retr(maildrop, users["a"], email_id)
 
 
-def _peak_while_streaming(maildrop: PgMaildrop, user_id: str, email_id: str) -> tuple[int, int]:
+def _peak_while_streaming(maildrop: DrivenMaildrop, user_id: str, email_id: str) -> tuple[int, int]:
     tracemalloc.start()
     try:
         total = sum(len(chunk) for chunk in maildrop.open_message(user_id, email_id))
@@ -71,7 +70,7 @@ def _peak_while_streaming(maildrop: PgMaildrop, user_id: str, email_id: str) -> 
 
 
 def test_twenty_megabyte_raw_message_streams_in_bounded_memory(
-        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+        maildrop: DrivenMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
     line = b"0123456789" * 7 + b"\n"  # LF endings: normalisation grows every line
     body = line * (20 * MB // len(line))
     email_id = mail.email([(users["a"], "a@example.com", "to")],
@@ -85,7 +84,7 @@ def test_twenty_megabyte_raw_message_streams_in_bounded_memory(
 
 
 def test_twenty_megabyte_attachment_renders_in_bounded_memory(
-        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+        maildrop: DrivenMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
     content = bytes(range(256)) * (20 * MB // 256)
     email_id = mail.email([(users["a"], "a@example.com", "to")], text_body="see attached",
                           attachments=[Attachment(content, "big.bin")])
@@ -99,7 +98,7 @@ def test_twenty_megabyte_attachment_renders_in_bounded_memory(
 
 
 def test_rendered_message_has_headers_bodies_and_attachments(
-        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+        maildrop: DrivenMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
     email_id = mail.email(
         [(users["a"], "a@example.com", "to"), (users["b"], "b@example.com", "cc"),
          (users["c"], "c@example.com", "bcc")],
@@ -129,7 +128,7 @@ def test_rendered_message_has_headers_bodies_and_attachments(
 
 
 def test_rendering_is_byte_identical_every_time(
-        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+        maildrop: DrivenMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
     email_id = mail.email([(users["a"], "a@example.com", "to")], subject="ß" * 200,
                           text_body="é\n" * 1000, html_body="<b>x</b>",
                           attachments=[Attachment(b"abc" * 100_000, "a"), Attachment(b"", "b")])
@@ -142,7 +141,7 @@ def test_rendering_is_byte_identical_every_time(
 
 
 def test_rendered_row_without_optional_columns(
-        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+        maildrop: DrivenMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
     email_id = mail.email([(users["a"], "a@example.com", "bcc")])
     raw = _retr(maildrop, users["a"], email_id)
     message = email.message_from_bytes(raw, policy=email.policy.default)
@@ -153,7 +152,7 @@ def test_rendered_row_without_optional_columns(
 
 
 def test_top_on_rendered_message_stops_early(
-        maildrop: PgMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
+        maildrop: DrivenMaildrop, mail: MailWriter, users: dict[str, str]) -> None:
     email_id = mail.email([(users["a"], "a@example.com", "to")], subject="s",
                           text_body="one\ntwo\nthree\n")
     full = _retr(maildrop, users["a"], email_id)

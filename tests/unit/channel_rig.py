@@ -3,7 +3,8 @@ the way the worker's loop drives it, with a fake host and a client on the other 
 
 The rig is single-threaded and deterministic: :meth:`Rig.run` hands the channel the socket events
 it asks for (``select`` with a zero timeout) until it has nothing left to do, and completes login
-jobs only when the channel would otherwise wait (as the worker's pool would, later).  Held replies
+jobs and store requests only when the channel would otherwise wait (as the worker's pool and
+database would, later).  Held replies
 wait until the test releases them (:meth:`Rig.release_hold`), with the fake clock moved on.  The
 client speaks plaintext or, after :meth:`Rig.start_client_tls`, real TLS with the certificate in
 ``tests/tls/``.
@@ -19,10 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pop3d.ports import Chunks, StoreRequest
 from pop3d.session import Authenticate, LoginGrant, Session
 from pop3d.worker.channel import Channel, ChannelLimits, ChannelSetup, Phase, SessionFactory
 
-from .fakes import FakeClock, FakeMetrics
+from .fakes import FakeClock, FakeMetrics, complete
 
 TLS_DIR = Path(__file__).resolve().parent.parent / "tls"
 CERT, KEY = TLS_DIR / "cert.pem", TLS_DIR / "key.pem"
@@ -51,13 +53,24 @@ class FakeHost:
 
     logins: list[tuple[Channel, Authenticate]] = field(default_factory=list)
     holds: list[tuple[Channel, float]] = field(default_factory=list)
+    stores: list[tuple[Channel, StoreRequest]] = field(default_factory=list)
     closed_with: list[str] = field(default_factory=list)
+    detached: int = 0  # store requests completed for no channel
 
     def submit_login(self, channel: Channel, login: Authenticate) -> None:
         self.logins.append((channel, login))
 
     def hold_until(self, channel: Channel, when: float) -> None:
         self.holds.append((channel, when))
+
+    def submit_store(self, channel: Channel, request: StoreRequest) -> None:
+        self.stores.append((channel, request))
+
+    def run_detached(self, steps: Chunks) -> None:
+        for item in steps:  # a fake maildrop's work is done by the time its stream ends
+            if isinstance(item, StoreRequest):
+                complete(item)
+                self.detached += 1
 
     def closed(self, channel: Channel, reason: str) -> None:
         self.closed_with.append(reason)
@@ -73,6 +86,7 @@ class Rig:
         self.metrics = FakeMetrics()
         self.host = FakeHost()
         self._login = login
+        self.complete_stores = True  # False: store requests stay out until a test says
         self.client, server = socket.socketpair()
         for sock in (self.client, server):
             sock.setblocking(False)
@@ -98,7 +112,7 @@ class Rig:
             mask = self._ready()
             if mask:
                 self.channel.on_event(mask)
-            elif not self._finish_a_login():
+            elif not (self._finish_a_store_request() or self._finish_a_login()):
                 return
 
     def _ready(self) -> int:
@@ -111,6 +125,15 @@ class Rig:
         readable, writable, _ = select.select(readers, writers, [], 0)
         return (selectors.EVENT_READ if readable else 0) | \
             (selectors.EVENT_WRITE if writable else 0)
+
+    def _finish_a_store_request(self) -> bool:
+        """Complete the oldest store request, as the worker's database would, later."""
+        if not self.host.stores or not self.complete_stores:
+            return False
+        channel, request = self.host.stores.pop(0)
+        complete(request)
+        channel.on_store_done()
+        return True
 
     def _finish_a_login(self) -> bool:
         if not self.host.logins or self._login is None:

@@ -8,21 +8,26 @@ StoreUnavailable())`` makes the next and every later ``snapshot`` call raise tha
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from pop3d.errors import AuthFailed, MessageGone
-from pop3d.ports import Credentials, MessageInfo, Principal
+from pop3d.ports import Chunks, Credentials, MessageInfo, Principal, StoreRequest
 
 
 class _Failing:
-    """Mixin: named methods can be made to raise a chosen error."""
+    """Mixin: named methods (and the steps in FAILURE_POINTS) can be made to raise an error."""
+
+    FAILURE_POINTS: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self.failures: dict[str, BaseException] = {}
 
+    def can_fail(self, method: str) -> bool:
+        return method in self.FAILURE_POINTS or hasattr(self, method)
+
     def fail(self, method: str, error: BaseException) -> None:
-        if not hasattr(self, method):
+        if not self.can_fail(method):
             raise AttributeError(f"{type(self).__name__} has no method {method!r}")
         self.failures[method] = error
 
@@ -33,6 +38,33 @@ class _Failing:
         error = self.failures.get(method)
         if error is not None:
             raise error
+
+
+class FakeRequest(StoreRequest):
+    """A database round trip as the fake maildrop's streams ask for one: the stream checks,
+    when it is pulled again, that its consumer completed it first."""
+
+    __slots__ = ("completed",)
+
+    def __init__(self) -> None:
+        self.completed = False
+
+    def complete(self) -> None:
+        self.completed = True
+
+
+def round_trip() -> Iterator[StoreRequest]:
+    request = FakeRequest()
+    yield request
+    if not request.completed:
+        raise AssertionError("the stream was pulled on before its request was completed")
+
+
+def complete(request: object) -> None:
+    """Complete a fake store request, as the worker's database would a real one."""
+    if not isinstance(request, FakeRequest):
+        raise AssertionError(f"not a fake store request: {request!r}")
+    request.complete()
 
 
 @dataclass
@@ -55,40 +87,47 @@ def top_of(content: bytes, lines: int) -> bytes:
 
 
 class FakeMaildrop(_Failing):
+    FAILURE_POINTS = frozenset({"delete"})  # the deletions of an update
+
     def __init__(self, mailboxes: dict[str, list[StoredMessage]] | None = None) -> None:
         super().__init__()
         self.mailboxes: dict[str, list[StoredMessage]] = mailboxes or {}
         self.chunk_size = 7  # small, so dot-stuffing meets many chunk boundaries
+        self.round_trips = True  # streams ask for a FakeRequest before their data, like the store
         self.break_after_chunks: int | None = None  # raise mid-stream after this many chunks
         self.read: list[str] = []
         self.deleted: list[str] = []
-        self.delete_calls = 0
+        self.updates: list[tuple[list[str], list[str]]] = []  # (delete, mark_read) per update
         self.opened: list[str] = []
 
     def snapshot(self, user_id: str, limit: int) -> list[MessageInfo]:
         self._check("snapshot")
         return [message.info() for message in self.mailboxes.get(user_id, [])[:limit]]
 
-    def open_message(self, user_id: str, email_id: str) -> Iterator[bytes]:
+    def open_message(self, user_id: str, email_id: str) -> Chunks:
+        """Like the store's streams, it fails where it is pulled, never when it is made."""
         self._check("open_message")
-        return self._chunks(self._find(user_id, email_id).content)
+        return self._stream(lambda: self._find(user_id, email_id).content)
 
-    def open_top(self, user_id: str, email_id: str, lines: int) -> Iterator[bytes]:
+    def open_top(self, user_id: str, email_id: str, lines: int) -> Chunks:
         self._check("open_top")
-        return self._chunks(top_of(self._find(user_id, email_id).content, lines))
+        return self._stream(lambda: top_of(self._find(user_id, email_id).content, lines))
 
-    def mark_read(self, user_id: str, email_id: str) -> None:
-        self._check("mark_read")
-        self._find(user_id, email_id)
-        self.read.append(email_id)
+    def update(self, user_id: str, *, delete: Sequence[str], mark_read: Sequence[str]) -> Chunks:
+        return self._update(user_id, list(delete), list(mark_read))
 
-    def delete(self, user_id: str, email_ids: Sequence[str]) -> None:
-        self.delete_calls += 1
-        self._check("delete")
-        doomed = set(email_ids)
-        box = self.mailboxes.get(user_id, [])
-        self.mailboxes[user_id] = [m for m in box if m.email_id not in doomed]
-        self.deleted.extend(email_ids)
+    def _update(self, user_id: str, delete: list[str], mark_read: list[str]) -> Chunks:
+        if self.round_trips:
+            yield from round_trip()
+        self.updates.append((delete, mark_read))
+        if delete:
+            self._check("delete")  # "@fail delete": the UPDATE transaction fails
+            doomed = set(delete)
+            box = self.mailboxes.get(user_id, [])
+            self.mailboxes[user_id] = [m for m in box if m.email_id not in doomed]
+            self.deleted.extend(delete)
+        self.read.extend(email_id for email_id in mark_read if email_id not in delete)
+        yield from ()
 
     def _find(self, user_id: str, email_id: str) -> StoredMessage:
         for message in self.mailboxes.get(user_id, []):
@@ -97,10 +136,17 @@ class FakeMaildrop(_Failing):
                 return message
         raise MessageGone(email_id)
 
-    def _chunks(self, content: bytes) -> Iterator[bytes]:
+    def _stream(self, content: Callable[[], bytes]) -> Chunks:
+        if self.round_trips:  # the access check
+            yield from round_trip()
+        yield from self._chunks(content())
+
+    def _chunks(self, content: bytes) -> Chunks:
         for count, start in enumerate(range(0, len(content), self.chunk_size)):
             if self.break_after_chunks is not None and count >= self.break_after_chunks:
                 raise RuntimeError("the store went away mid-message")
+            if self.round_trips and count and count % 4 == 0:  # a slice now and then
+                yield from round_trip()
             yield content[start : start + self.chunk_size]
 
 

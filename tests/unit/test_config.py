@@ -76,6 +76,7 @@ line_length = 4096
 login_timeout = 30
 idle_timeout = 900
 max_connections_per_user = 2
+message_cache_mb = 8
 max_messages_per_session = 500
 max_bad_commands = 3
 
@@ -83,6 +84,7 @@ max_bad_commands = 3
 dsn = "host=db.example.net dbname=mail"
 connect_timeout = 3
 statement_timeout = 10
+connections = 6
 
 [memcached]
 servers = ["10.0.0.5:11211", "[2001:db8::5]:11211"]
@@ -177,6 +179,8 @@ BAD = [
      "database.statement_timeout", "must be above 0 and below server.worker_timeout (30 s)"),
     ("no statement timeout", "[database]\nstatement_timeout = 0\n",
      "database.statement_timeout", "must be above 0"),
+    ("no database connections", "[database]\nconnections = 0\n",
+     "database.connections", "must be at least 1"),
     ("statement timeout over the heartbeat", "[server]\nworker_timeout = 5\n"
      "[database]\nstatement_timeout = 5\n", "database.statement_timeout",
      "below server.worker_timeout (5 s), got 5"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+from collections.abc import Generator
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage
 
@@ -39,13 +40,20 @@ class Contents:
         return AttachmentMeta(attachment_id, name, content_type,
                               len(self.contents[attachment_id]))
 
-    def __call__(self, attachment: AttachmentMeta, offset: int, length: int) -> bytes:
+    def __call__(self, attachment: AttachmentMeta, offset: int,
+                 length: int) -> Generator[str, None, bytes]:
+        """A generator, like the store's: it yields what it would ask of whoever pulls."""
         self.reads.append((attachment.attachment_id, offset, length))
+        yield f"slice {attachment.attachment_id} {offset}"
         return self.contents[attachment.attachment_id][offset:offset + length]
 
 
 def _render(stored: StoredEmail, contents: Contents | None = None) -> bytes:
-    return b"".join(render(stored, contents or Contents()))
+    contents = contents or Contents()
+    items = list(render(stored, contents))
+    requests = [item for item in items if isinstance(item, str)]  # passed through, in place
+    assert requests == [f"slice {name} {offset}" for name, offset, _ in contents.reads]
+    return b"".join(item for item in items if isinstance(item, bytes))
 
 
 def _parse(raw: bytes) -> EmailMessage:

@@ -20,6 +20,7 @@ from pop3d.session import Authenticate, Peer, Send, Services, Session, SessionSe
 
 from .fakes import FakeAuthenticator, FakeClock, FakeMaildrop, FakeMetrics, FakeRegistry
 from .test_auth import COST, KEY, FakeCache, _login, _store
+from .test_session import _body, _resolved
 from .transcript import ADDRESS, DEFAULT_MAILDROP, USER_ID
 
 
@@ -43,14 +44,14 @@ def by_name(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
 def run(session: Session, line: bytes) -> object:
     """One command through the session; a login job is carried out with the fakes."""
     session.feed(line)
-    effect = session.next_effect()
+    effect: object = _resolved(session.next_effect())
     if isinstance(effect, Authenticate):
         authenticator = FakeAuthenticator()
         authenticator.add_user(ADDRESS, "secret", USER_ID)
         maildrop = FakeMaildrop({USER_ID: list(DEFAULT_MAILDROP)})
         effect = session.login_done(effect.run(authenticator, maildrop))
     if isinstance(effect, Send) and not isinstance(effect.data, bytes):
-        b"".join(effect.data)  # pull a body to its end
+        b"".join(_body(effect))  # pull a body to its end
     return effect
 
 
@@ -74,7 +75,8 @@ def test_each_command_has_a_span_with_its_session_user_size_and_status(
     user, password, retr, missing, bad, broken = (span.attributes for span in spans)
     assert "pop3.user_id" not in user
     assert password["pop3.status"] == "login"
-    assert retr == {"pop3.session_id": "h:1:1", "pop3.user_id": USER_ID, "pop3.status": "+OK",
+    # RETR is answered once the store has the first bytes: after its span.
+    assert retr == {"pop3.session_id": "h:1:1", "pop3.user_id": USER_ID, "pop3.status": "await",
                     "pop3.message.octets": DEFAULT_MAILDROP[0].info().size}
     assert missing["pop3.status"] == "-ERR"
     assert "pop3.message.octets" not in missing

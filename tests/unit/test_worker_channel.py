@@ -281,3 +281,34 @@ def test_phases_before_the_session_have_their_own_timeouts(
     rig.run()
     assert rig.channel.expired(world.clock.now + limit) is None
     assert rig.channel.expired(world.clock.now + limit + 0.1) == reason
+
+
+# -- store requests ---------------------------------------------------------------------------
+
+
+def test_a_store_request_parks_the_channel_until_it_is_complete() -> None:
+    world = World()
+    rig = world.rig()
+    rig.send(LOGIN)
+    rig.converse()
+    rig.complete_stores = False
+    rig.send(b"RETR 1\r\nSTAT\r\n")
+    assert rig.converse() == b""  # the access check is out: nothing to answer yet
+    assert len(rig.host.stores) == 1
+    assert rig.channel.interest == 0  # neither reading nor writing meanwhile
+    assert rig.channel.expired(world.clock.now + 10 * LIMITS.idle_timeout) is None
+    rig.complete_stores = True
+    answered = rig.converse()
+    assert answered.startswith(b"+OK 28 octets\r\nSubject: one\r\n")
+    assert answered.endswith(b"body\r\n.\r\n+OK 1 28\r\n")
+
+
+def test_read_marks_of_a_dropped_session_are_run_detached() -> None:
+    world = World()
+    rig = world.rig()
+    rig.send(LOGIN + b"RETR 1\r\n")
+    rig.converse()
+    rig.client.close()
+    rig.run()
+    assert rig.host.detached == 1
+    assert world.maildrop.read == ["e1"]

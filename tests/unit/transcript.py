@@ -35,13 +35,14 @@ ignored):
 ``@mailbox empty``
     alice's maildrop has no messages.
 ``@fail method error``
-    Make a fake fail: method is a Maildrop, Registry or Authenticator method
-    (``snapshot``, ``open_message``, ``open_top``, ``mark_read``, ``delete``, ``acquire``,
-    ``release``, ``authenticate``); error is one of ERRORS.
+    Make a fake fail: method is a Maildrop, Registry or Authenticator method (``snapshot``,
+    ``open_message``, ``open_top``, ``acquire``, ``release``, ``authenticate``) or ``delete``
+    (the deletions of QUIT's update); error is one of ERRORS.
 ``@registry full``
     alice already has max_connections_per_user other sessions.
 ``= deleted|read e1 e2 ...`` / ``= deleted|read none``
-    After the run: the email ids deleted by UPDATE / marked read, in order.
+    After the run (the session closed): the email ids deleted by UPDATE / marked read, in
+    order.  Read marks are written at QUIT, or when the session ends without one.
 ``= sessions n``
     After the run: alice's live registry slots.
 ``= metric name n``
@@ -73,9 +74,10 @@ from pop3d.errors import (
     StorePermanentError,
     StoreUnavailable,
 )
-from pop3d.ports import Principal
+from pop3d.ports import Chunks, Principal
 from pop3d.session import (
     Authenticate,
+    Await,
     Effect,
     LoginGrant,
     Peer,
@@ -163,6 +165,9 @@ class RecordingSession(Session):
         self.effects.append(effect)
         if isinstance(effect, Authenticate):
             return effect
+        if isinstance(effect, Await):  # what it resumes with is an effect too
+            resume = effect.resume
+            return replace(effect, resume=lambda outcome: self._recorded(resume(outcome)))
         payload = bytearray()
         self.payloads.append(payload)
         if isinstance(effect.data, bytes | bytearray | memoryview):
@@ -171,9 +176,10 @@ class RecordingSession(Session):
         return replace(effect, data=_tee(effect.data, payload))
 
 
-def _tee(chunks: Iterator[bytes], copy: bytearray) -> Iterator[bytes]:
+def _tee(chunks: Chunks, copy: bytearray) -> Chunks:
     for chunk in chunks:
-        copy += chunk
+        if isinstance(chunk, bytes):
+            copy += chunk
         yield chunk
 
 
@@ -380,7 +386,7 @@ def build_harness(script: Transcript) -> Harness:
 
 def _owner(harness: Harness, method: str) -> Any:
     for fake in (harness.maildrop, harness.registry, harness.authenticator):
-        if hasattr(fake, method):
+        if fake.can_fail(method):
             return fake
     raise ValueError(f"no fake has a method {method!r}")
 
