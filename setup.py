@@ -16,12 +16,15 @@ setup(
         "setproctitle>=1.3",
     ],
     extras_require={
+        # Spans per command and login step when [tracing] is enabled (docs/SCALING.md).
+        "tracing": ["opentelemetry-api>=1.20"],
         "test": [
             "pytest>=8",
             "hypothesis>=6.100",
             "ruff>=0.6",
             "mypy>=1.10",
             "types-psycopg2",
+            "opentelemetry-sdk>=1.20",  # the in-memory span exporter of the tracing tests
         ],
     },
     entry_points={"console_scripts": ["pop3d = pop3d.cli:main"]},

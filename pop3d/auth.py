@@ -47,6 +47,7 @@ import bcrypt
 
 from pop3d.errors import AuthFailed, BackendUnavailable, Pop3dError
 from pop3d.ports import (
+    NULL_TRACER,
     AuthCache,
     CachedLogin,
     Credentials,
@@ -55,6 +56,7 @@ from pop3d.ports import (
     Metrics,
     Principal,
     RateLimiter,
+    Tracer,
     Verdict,
 )
 
@@ -153,6 +155,7 @@ class KeyAuthenticator:
         touch_interval: float = DEFAULT_TOUCH_INTERVAL,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        tracer: Tracer = NULL_TRACER,
     ) -> None:
         if cache is not None and not cache_secret:
             raise ValueError("an auth cache needs a secret to key it with")
@@ -166,6 +169,7 @@ class KeyAuthenticator:
         self._touch_interval = touch_interval
         self._clock = clock
         self._wall_clock = wall_clock
+        self._tracer = tracer  # spans: the login, and its cache, lookup and bcrypt steps
         # Same cost as real keys, so a failed lookup takes as long as a failed verify.
         self._dummy_hash = bcrypt.hashpw(_DUMMY_PASSWORD, bcrypt.gensalt(rounds=bcrypt_cost))
         self._lock = threading.Lock()
@@ -174,6 +178,13 @@ class KeyAuthenticator:
 
     def authenticate(self, credentials: Credentials) -> Principal:
         """The principal, or AuthFailed ([AUTH]) / BackendUnavailable ([SYS/TEMP])."""
+        with self._tracer.span("pop3.login") as span:
+            span.set_attribute("pop3.mechanism", credentials.mechanism)
+            principal = self._authenticate(credentials)
+            span.set_attribute("pop3.user_id", principal.user_id)
+            return principal
+
+    def _authenticate(self, credentials: Credentials) -> Principal:
         digest = self._cache_key(credentials)
         looked_up = self._look_up(credentials.username, digest)
         cached = self._unseal(digest, looked_up)
@@ -227,12 +238,16 @@ class KeyAuthenticator:
         password = _octets(credentials.password)
         user = None
         if password is not None:
-            user = self._store.find_user(credentials.username)
+            with self._tracer.span("pop3.auth.lookup"):
+                user = self._store.find_user(credentials.username)
         if password is None or user is None or user.disabled:
-            self._dummy_verify(password)
+            with self._tracer.span("pop3.auth.bcrypt"):
+                self._dummy_verify(password)
             raise AuthFailed
-        keys = self._store.candidate_keys(user.user_id, credentials.password)
-        matched = self._match(password, keys)
+        with self._tracer.span("pop3.auth.lookup"):
+            keys = self._store.candidate_keys(user.user_id, credentials.password)
+        with self._tracer.span("pop3.auth.bcrypt"):
+            matched = self._match(password, keys)
         if matched is None or self._scope not in matched.scopes:
             raise AuthFailed
         return Principal(user_id=user.user_id, key_id=matched.key_id, address=user.address)
@@ -264,8 +279,9 @@ class KeyAuthenticator:
         """What the cache holds; its generation is "" when there is no cache to write to."""
         if self._cache is None:
             return _UNCACHED
-        return _tolerate_outage("auth cache",
-                                functools.partial(self._cache.get, username, digest), _UNCACHED)
+        with self._tracer.span("pop3.auth.cache.get"):
+            return _tolerate_outage("auth cache", functools.partial(
+                self._cache.get, username, digest), _UNCACHED)
 
     def _unseal(self, digest: str, looked_up: CachedLogin) -> Principal | bool | None:
         if looked_up.entry is None or not looked_up.generation:
@@ -284,8 +300,9 @@ class KeyAuthenticator:
             return
         entry = seal(self._cache_secret, digest, result, looked_up.generation,
                      self._wall_clock() + self._cache_ttl)
-        _tolerate_outage("auth cache", functools.partial(
-            self._cache.put, digest, entry, self._cache_ttl), None)
+        with self._tracer.span("pop3.auth.cache.put"):
+            _tolerate_outage("auth cache", functools.partial(
+                self._cache.put, digest, entry, self._cache_ttl), None)
 
     def _begin(self, credentials: Credentials, *, verify: bool) -> None:
         """Count the attempt; AuthFailed when the limits refuse it without a verification."""

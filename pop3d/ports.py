@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -203,3 +204,45 @@ class Metrics(Protocol):
 
     def timing(self, name: str, milliseconds: float) -> None:
         ...
+
+
+class Span(Protocol):
+    """One traced operation: what a command or a login step records about itself."""
+
+    def set_attribute(self, key: str, value: str | int) -> None:
+        ...
+
+    def record_exception(self, error: BaseException) -> None:
+        """Attach the error to the span and mark the span failed."""
+        ...
+
+
+class Tracer(Protocol):
+    """Spans around commands and login steps (OpenTelemetry in ``adapters/otel.py``).  An
+    exception leaving the ``with`` block is recorded on the span."""
+
+    def span(self, name: str) -> AbstractContextManager[Span]:
+        ...
+
+
+class NullTracer:
+    """Traces nothing: the tracer of code that takes one when tracing is off."""
+
+    def span(self, name: str) -> AbstractContextManager[Span]:
+        return _NULL_SPAN
+
+    def set_attribute(self, key: str, value: str | int) -> None:
+        pass
+
+    def record_exception(self, error: BaseException) -> None:
+        pass
+
+    def __enter__(self) -> Span:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+_NULL_SPAN = NullTracer()  # its own span: one shared object, nothing allocated per span
+NULL_TRACER = NullTracer()

@@ -3,6 +3,8 @@
 #   - a PostgreSQL cluster (initdb) on the port named in conf/dev.toml's [database] dsn
 #   - memcached on the port named in conf/dev.toml's [memcached] servers
 #   - a self-signed TLS certificate and an auth-cache secret
+#   - HAProxy and PgBouncer installed (not started): the scale-out tests start their own
+#     instances on free loopback ports
 # Usage: scripts/services.sh start|stop|status
 # `start` installs what is missing (apt-get, as root), is idempotent, and writes var/services.env
 # (PG*, POP3D_TEST_DSN, POP3D_TEST_MEMCACHED) for the tests.
@@ -60,8 +62,26 @@ ensure_packages() {
     command -v openssl >/dev/null || missing+=(openssl)
     command -v make-ssl-cert >/dev/null || missing+=(ssl-cert)
     command -v curl >/dev/null || missing+=(curl)  # a real POP3 client for the end-to-end tests
+    sbin haproxy >/dev/null || missing+=(haproxy)
+    sbin pgbouncer >/dev/null || missing+=(pgbouncer)
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+    quiet_system_units "${missing[@]}"
     PG_BIN=$(pg_bindir) || die "PostgreSQL server binaries not found under /usr/lib/postgresql"
+}
+
+sbin() {
+    # Daemons live in /usr/sbin, which is not on every user's PATH.
+    command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; }
+}
+
+quiet_system_units() {
+    # Debian starts the packaged HAProxy and PgBouncer (PgBouncer on the default port 6432);
+    # the tests run their own, so the system instances that this script installed are stopped.
+    local unit
+    command -v systemctl >/dev/null && [ -d /run/systemd/system ] || return 0
+    for unit in haproxy pgbouncer; do
+        case " $* " in *" $unit "*) systemctl disable --now -q "$unit" 2>/dev/null || true ;; esac
+    done
 }
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -206,6 +226,9 @@ POP3D_TEST_DSN="host=127.0.0.1 port=$PG_PORT user=$PG_USER dbname=$PG_TEST_DB"
 POP3D_TEST_MEMCACHED=127.0.0.1:$MC_PORT
 POP3D_TEST_CERT=$VAR/tls/cert.pem
 POP3D_TEST_KEY=$VAR/tls/key.pem
+POP3D_TEST_HAPROXY=$(sbin haproxy)
+POP3D_TEST_PGBOUNCER=$(sbin pgbouncer)
+POP3D_TEST_MEMCACHED_BIN=$(command -v memcached)
 EOF
 }
 

@@ -40,6 +40,7 @@ from pop3d.config.schema import (
     ServerConfig,
     StatsdConfig,
     TlsConfig,
+    TracingConfig,
 )
 from pop3d.config.values import (
     Collector,
@@ -73,6 +74,7 @@ __all__ = [
     "ServerConfig",
     "StatsdConfig",
     "TlsConfig",
+    "TracingConfig",
     "in_networks",
     "load",
     "load_secret",

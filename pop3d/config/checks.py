@@ -136,6 +136,9 @@ def _check_memcached(config: Config, c: Collector) -> None:
     _at_least(c, "memcached.timeout", m.timeout, 0.01)
     if m.registry_failure not in ("open", "closed"):
         c.error("memcached.registry_failure", 'must be "open" or "closed"')
+    _at_least(c, "memcached.retry_after", m.retry_after, 0)
+    # memcached expires by whole seconds; a worker refreshes every slot_ttl / 2.
+    _at_least(c, "memcached.slot_ttl", m.slot_ttl, 2)
 
 
 def _check_auth(config: Config, c: Collector) -> None:

@@ -88,6 +88,8 @@ class MemcachedConfig:
     servers: tuple[Address, ...] = (Address("127.0.0.1", 11211),)
     timeout: float = 0.5
     registry_failure: str = "open"
+    retry_after: float = 2.0
+    slot_ttl: int = 120
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,12 @@ class StatsdConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    enabled: bool = False
+    service_name: str = "pop3d"
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = "info"
     file: str = ""
@@ -129,6 +137,7 @@ class Config:
     memcached: MemcachedConfig = field(default_factory=MemcachedConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     statsd: StatsdConfig = field(default_factory=StatsdConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
@@ -145,6 +154,7 @@ SECTIONS: dict[str, type[Any]] = {
     "memcached": MemcachedConfig,
     "auth": AuthConfig,
     "statsd": StatsdConfig,
+    "tracing": TracingConfig,
     "logging": LoggingConfig,
 }
 

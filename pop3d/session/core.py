@@ -21,12 +21,13 @@ from functools import partial
 from typing import Any, NamedTuple, cast
 
 from pop3d.errors import InUse, Pop3dError
-from pop3d.ports import Chunks, MessageInfo, Principal, StoreRequest
+from pop3d.ports import Chunks, MessageInfo, Principal, Span, StoreRequest, Tracer
 from pop3d.protocol import Connection, LocalProtocolError, Pending, State
 from pop3d.protocol import events as ev
 from pop3d.protocol.states import LEGAL, capabilities
 from pop3d.session.authorization import Authorization, Outcome, Refusal, loggable_user
 from pop3d.session.mailbox import Mailbox
+from pop3d.session.tracing import describe, span_name
 from pop3d.session.values import (
     Authenticate,
     Await,
@@ -63,7 +64,7 @@ class Session:
     __slots__ = (
         "_authz", "_box", "_clock", "_conn", "_counters", "_end_reason", "_finished", "_id",
         "_maildrop", "_metrics", "_peer", "_principal", "_read", "_registry", "_settings",
-        "_started", "_streaming", "_timer",
+        "_span", "_started", "_streaming", "_timer", "_tracer",
     )
 
     def __init__(
@@ -72,6 +73,8 @@ class Session:
         self._settings, self._peer, self._id = settings, peer, session_id
         self._maildrop, self._registry = services.maildrop, services.registry
         self._metrics, self._clock = services.metrics, services.clock
+        self._tracer = services.tracer
+        self._span: Span | None = None  # the span of the command being dispatched
         self._conn = Connection(settings.line_length)
         self._started = self._clock()
         self._authz = Authorization(settings, peer, self._metrics, self._clock)
@@ -114,7 +117,9 @@ class Session:
         event = self._conn.next_event()
         if isinstance(event, Pending):
             return None
-        return self._effect(self._dispatch(event))
+        tracer = self._tracer
+        result = self._dispatch(event) if tracer is None else self._traced(tracer, event)
+        return self._effect(result)
 
     def login_done(self, result: LoginGrant | Exception) -> Send:
         """The outcome of the Authenticate effect: what ``Authenticate.run`` returned, or the
@@ -175,8 +180,22 @@ class Session:
             self._timer = None
             self._metrics.timing(name, (self._clock() - started) * 1000.0)
 
+    def _traced(self, tracer: Tracer, event: ev.Event) -> HandlerResult:
+        """``_dispatch`` in a span ``pop3.<verb>`` ([tracing] enabled)."""
+        with tracer.span(span_name(event)) as span:
+            self._span = span
+            try:
+                result = self._dispatch(event)
+            finally:
+                self._span = None
+            describe(span, session_id=self._id, principal=self._principal, box=self._box,
+                     event=event, result=result)
+        return result
+
     def _reply_for(self, error: Exception, context: str) -> str:
         """The one place where errors become reply text; unexpected ones are logged."""
+        if self._span is not None:
+            self._span.record_exception(error)
         if isinstance(error, Pop3dError):
             return error.reply
         log.exception("session %s: %s in %s", self._id, type(error).__name__, context)

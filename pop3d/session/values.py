@@ -15,6 +15,7 @@ from pop3d.ports import (
     Metrics,
     Principal,
     Registry,
+    Tracer,
 )
 from pop3d.protocol.parser import MAX_LINE_LENGTH
 
@@ -45,6 +46,7 @@ class Services:
     registry: Registry
     metrics: Metrics
     clock: Callable[[], float] = time.monotonic  # seconds, only for durations
+    tracer: Tracer | None = None  # None: no spans, and nothing on the command path
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,10 @@ sent ``BEGIN`` first and ``COMMIT`` last; if anything fails in between, ``ROLLBA
 job's ``done`` callback runs, on the loop, and the connection takes the next job.
 
 Asynchronous connections are in autocommit mode: a job of single statements holds no
-transaction.  Every new connection first runs :func:`~pop3d.store.db.session_setup`
-(timeouts, time zone).  Errors become the store's: a connection that breaks fails its job with
+transaction.  Nothing is set per connection: each single statement carries
+:func:`~pop3d.store.db.transaction_preamble` (timeouts, time zone) in its own query string, and
+a transaction's ``BEGIN`` carries it, so a transaction pooler may put every transaction on a
+different server connection.  Errors become the store's: a connection that breaks fails its job with
 StoreUnavailable (a job whose first query was never answered is retried once on a new
 connection, as the blocking driver does), a query that fails on a healthy connection fails its
 job with StoreUnavailable (timeouts, deadlocks) or StorePermanentError, and whatever the steps
@@ -32,7 +34,14 @@ import psycopg2
 import psycopg2.extensions
 
 from pop3d.errors import StorePermanentError, StoreUnavailable
-from pop3d.store.db import DbSettings, connection_dsn, first_line, session_setup
+from pop3d.store.db import (
+    DbSettings,
+    begin,
+    connection_dsn,
+    first_line,
+    transaction_preamble,
+    with_preamble,
+)
 from pop3d.store.jobs import Job, Query
 
 log = logging.getLogger(__name__)
@@ -43,7 +52,7 @@ Done = Callable[[], None]
 
 DEADLINE_MARGIN = 5.0  # seconds beyond the statement timeout before an answer is given up on
 _TEMPORARY = (psycopg2.OperationalError, psycopg2.InterfaceError)
-_BEGIN, _COMMIT, _ROLLBACK = Query("BEGIN"), Query("COMMIT"), Query("ROLLBACK")
+_COMMIT, _ROLLBACK = Query("COMMIT"), Query("ROLLBACK")
 
 
 class AsyncDatabase:
@@ -52,6 +61,7 @@ class AsyncDatabase:
     def __init__(self, settings: DbSettings, *, size: int, watch: Watch,
                  clock: Callable[[], float]) -> None:
         self.settings = settings
+        self.preamble = transaction_preamble(settings)  # in front of every transaction
         self.size = size
         self._watch = watch
         self._clock = clock
@@ -205,16 +215,14 @@ class _Connection:
         if query is None:
             self._finish()
         elif work.job.transaction:
-            self._send(_BEGIN, "beginning")
+            self._send(begin(self._pool.preamble), "beginning")
         else:
-            self._send(query, "running")
+            self._send(with_preamble(self._pool.preamble, query), "running")
 
     def _answered(self) -> None:
         """The query out has been answered (``poll()`` said OK)."""
         phase = self._phase
-        if phase == "connecting":
-            self._send(session_setup(self._pool.settings), "setting up")
-        elif phase in ("setting up", "rolling back"):
+        if phase in ("connecting", "rolling back"):
             self._idle()
         elif phase == "beginning":
             self._send(self._current_query(), "running")
@@ -238,7 +246,10 @@ class _Connection:
             work.job.fail(error)
             self._after_steps()
         else:
-            self._send(work.query, "running")
+            query = work.query
+            if not work.job.transaction:
+                query = with_preamble(self._pool.preamble, query)
+            self._send(query, "running")
 
     def _after_steps(self) -> None:
         work = self._work
@@ -318,7 +329,7 @@ class _Connection:
     # -- failures -----------------------------------------------------------------------------
 
     def _failed(self, exc: psycopg2.Error) -> None:
-        if self._pg is None or self._pg.closed or self._phase in ("connecting", "setting up"):
+        if self._pg is None or self._pg.closed or self._phase == "connecting":
             self._broken(first_line(exc))
             return
         error: Exception = StoreUnavailable(first_line(exc)) if isinstance(exc, _TEMPORARY) \

@@ -5,6 +5,10 @@ through :meth:`Database.run`, one short transaction per call that is committed b
 returns, so no transaction stays open between calls: the worker can interleave many sessions'
 queries (and the chunks of a long RETR) on one connection.
 
+Nothing is set per connection: every statement carries :func:`transaction_preamble` (its
+timeouts and time zone as ``SET LOCAL``), so a transaction pooler (PgBouncer in transaction
+mode) may hand each transaction to a different server connection.
+
 When the server drops a connection (restart, failover, idle reaping), the next ``run`` finds
 it broken, opens a new one and retries once, but only if nothing could have been committed;
 the caller sees :class:`StoreUnavailable` only when the database really is unreachable.
@@ -29,6 +33,7 @@ from typing import Any, Generic, TypeVar
 
 import psycopg2
 import psycopg2.extensions
+import psycopg2.sql
 
 from pop3d.errors import StorePermanentError, StoreUnavailable
 from pop3d.store.jobs import Job, Query, Steps
@@ -92,6 +97,7 @@ class Database:
 
     def __init__(self, settings: DbSettings) -> None:
         self.settings = settings
+        self._preamble = transaction_preamble(settings)
         self._conn: Connection | None = None
         self._lock = threading.RLock()
 
@@ -140,6 +146,8 @@ class Database:
         try:
             conn.autocommit = autocommit
             with conn.cursor() as cur:
+                if isinstance(cur, _PreambleCursor):
+                    cur.preamble = self._preamble
                 result = work(cur)
             committing = not autocommit
             conn.commit()
@@ -198,17 +206,51 @@ def connection_dsn(settings: DbSettings) -> str:
     return psycopg2.extensions.make_dsn(settings.dsn, **options)
 
 
-def session_setup(settings: DbSettings) -> Query:
-    """What every new connection runs first, in one round trip.
+def transaction_preamble(settings: DbSettings) -> str:
+    """What opens every transaction: pop3d's timeouts and time zone as ``SET LOCAL``, one SQL
+    string without parameters, sent in the same round trip as the statement it precedes.
+
+    Behind a transaction pooler consecutive transactions of one client connection run on
+    different server connections, so a per-connection ``SET`` would reach one of them and
+    leak into other clients' transactions there; ``SET LOCAL`` lasts exactly one transaction,
+    wherever it runs.  Both drivers send it without a round trip of its own: a single statement
+    (autocommit) as ``<preamble>; <statement>`` (:func:`with_preamble`: the statements of one
+    query string run as one transaction, and its result is the last one's), a multi-statement
+    transaction as ``BEGIN; <preamble>`` (:func:`begin`).  The blocking driver prefixes every
+    statement, in a transaction too (repeating ``SET LOCAL`` changes nothing).
 
     A lock wait ends in "lock timeout", temporary like any timeout: a table locked by another
     client (a long migration, a manual LOCK) costs a login [SYS/TEMP], not a hung session.
-    UTC makes rendered Date: headers independent of the server's TimeZone setting."""
+    UTC keeps timestamps PostgreSQL formats as text independent of the server's TimeZone; the
+    renderer converts ``received_at`` to UTC itself."""
     lock_timeout = settings.lock_timeout
     if lock_timeout is None:
         lock_timeout = settings.statement_timeout
-    return Query("SET statement_timeout = %s; SET lock_timeout = %s; SET TIME ZONE 'UTC'",
-                 (_milliseconds(settings.statement_timeout), _milliseconds(lock_timeout)))
+    return (f"SET LOCAL statement_timeout = {_milliseconds(settings.statement_timeout)}; "
+            f"SET LOCAL lock_timeout = {_milliseconds(lock_timeout)}; "
+            "SET LOCAL TimeZone = 'UTC'")
+
+
+def with_preamble(preamble: str, query: Query) -> Query:
+    """``query`` as one transaction of its own with the preamble's settings (autocommit)."""
+    return Query(f"{preamble}; {query.sql}", query.params)
+
+
+def begin(preamble: str) -> Query:
+    """BEGIN of a multi-statement transaction, with the preamble's settings."""
+    return Query(f"BEGIN; {preamble}")
+
+
+class _PreambleCursor(psycopg2.extensions.cursor):
+    """A cursor sending :func:`transaction_preamble` in front of every statement."""
+
+    preamble = ""
+
+    def execute(self, query: str | bytes | psycopg2.sql.Composable,
+                vars: Any = None) -> None:
+        if not isinstance(query, str):
+            raise TypeError("pop3d's statements are plain strings")
+        super().execute(f"{self.preamble}; {query}", vars)
 
 
 def _connect(settings: DbSettings) -> Connection:
@@ -218,23 +260,8 @@ def _connect(settings: DbSettings) -> Connection:
         raise StoreUnavailable(first_line(exc)) from None
     except psycopg2.Error as exc:
         raise StorePermanentError(f"cannot connect: {first_line(exc)}") from None
-    try:
-        _prepare_session(conn, settings)
-    except BaseException:
-        conn.close()
-        raise
+    conn.cursor_factory = _PreambleCursor  # the default of conn.cursor()
     return conn
-
-
-def _prepare_session(conn: Connection, settings: DbSettings) -> None:
-    try:
-        with conn.cursor() as cur:
-            _execute(cur, session_setup(settings))
-        conn.commit()
-    except _TEMPORARY as exc:
-        raise StoreUnavailable(first_line(exc)) from None
-    except psycopg2.Error as exc:
-        raise StorePermanentError(first_line(exc)) from None
 
 
 def _milliseconds(seconds: float) -> int:

@@ -19,7 +19,8 @@ from pop3d.adapters.memcache import SharedState, build_shared_state
 from pop3d.adapters.registry import MemcacheRegistry
 from pop3d.adapters.statsd import NullMetrics, StatsdMetrics
 from pop3d.auth import KeyAuthenticator
-from pop3d.config import Config, StatsdConfig, read_secret
+from pop3d.config import Config, StatsdConfig, TracingConfig, read_secret
+from pop3d.ports import NULL_TRACER, Tracer
 from pop3d.store import Database, DbSettings, PgCredentialStore, PgMaildrop
 from pop3d.store.cache import MB, MessageCache
 
@@ -34,6 +35,7 @@ class Backends:
     shared: SharedState
     metrics: StatsdMetrics | NullMetrics
     database: Database
+    tracer: Tracer | None = None  # None: tracing is off
     _threads: threading.local = field(default_factory=threading.local)
     _thread_databases: list[Database] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -86,14 +88,17 @@ def build_backends(config: Config) -> Backends:
     shared = shared_state(config)
     auth = config.auth
     metrics = metrics_for(config.statsd)
+    tracer = tracer_for(config.tracing)
     authenticator = KeyAuthenticator(credentials, scope=auth.scope, bcrypt_cost=auth.bcrypt_cost,
                                      cache=shared.auth_cache if auth.cache_ttl > 0 else None,
                                      cache_secret=read_secret(config), cache_ttl=auth.cache_ttl,
-                                     rate_limiter=shared.rate_limiter, metrics=metrics)
+                                     rate_limiter=shared.rate_limiter, metrics=metrics,
+                                     tracer=tracer or NULL_TRACER)
     cache_mb = config.limits.message_cache_mb
     cache = MessageCache(cache_mb * MB) if cache_mb > 0 else None
     return Backends(maildrop=PgMaildrop(database, cache), authenticator=authenticator,
-                    credentials=credentials, shared=shared, metrics=metrics, database=database)
+                    credentials=credentials, shared=shared, metrics=metrics, database=database,
+                    tracer=tracer)
 
 
 def release_worker_slots(config: Config, pid: int) -> None:
@@ -119,7 +124,20 @@ def shared_state(config: Config) -> SharedState:
     return build_shared_state(m.servers, m.timeout, m.registry_failure,
                               max_failures=auth.max_failures, lockout=auth.lockout,
                               verify_budget=auth.verify_budget, verify_window=auth.verify_window,
-                              ipv6_prefix=config.limits.ipv6_prefix)
+                              ipv6_prefix=config.limits.ipv6_prefix,
+                              slot_ttl=m.slot_ttl, retry_after=m.retry_after)
+
+def tracer_for(settings: TracingConfig) -> Tracer | None:
+    """OpenTelemetry spans when ``[tracing]`` enables them and opentelemetry-api is installed;
+    otherwise None, and nothing of OpenTelemetry is imported."""
+    if not settings.enabled:
+        return None
+    try:
+        from pop3d.adapters.otel import build_tracer  # noqa: PLC0415 - only when enabled
+    except ImportError:
+        log.warning("[tracing] is enabled but opentelemetry-api is not installed: no spans")
+        return None
+    return build_tracer(settings.service_name)
 
 
 def metrics_for(settings: StatsdConfig) -> StatsdMetrics | NullMetrics:

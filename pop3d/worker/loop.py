@@ -284,7 +284,7 @@ class Worker(ChannelHost):
                     stls_available=self.tls_context is not None and not tls)
         session_id = f"{session_prefix(os.getpid())}{next(self._ids)}"
         services = Services(maildrop=self.backends.maildrop, registry=self.backends.registry,
-                            metrics=self.backends.metrics)
+                            metrics=self.backends.metrics, tracer=self.backends.tracer)
         return Session(self.settings, services, peer, session_id=session_id)
 
     # --- ChannelHost ------------------------------------------------------------------------

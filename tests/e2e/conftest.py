@@ -288,6 +288,7 @@ def statsd_lines(sock: socket.socket) -> list[str]:
 
 # Fixtures for tests of the whole server (real worker, PostgreSQL, TLS).  Imported last: they
 # build on the helpers above.
+from .scale_fixtures import memcached_pool  # noqa: E402, F401
 from .server_fixtures import (  # noqa: E402, F401
     mail_store,
     start_module_server,

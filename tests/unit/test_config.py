@@ -95,6 +95,8 @@ connections = 6
 servers = ["10.0.0.5:11211", "[2001:db8::5]:11211"]
 timeout = 0.25
 registry_failure = "closed"
+retry_after = 5
+slot_ttl = 30
 
 [auth]
 secret_file = "{tmp}/secret"
@@ -114,6 +116,10 @@ enabled = false
 host = "stats.example.net"
 port = 9125
 prefix = "mail.pop3"
+
+[tracing]
+enabled = true
+service_name = "pop3d-eu"
 
 [logging]
 level = "debug"
@@ -138,6 +144,8 @@ def test_full_example_with_every_option(tmp_path: Path, certificate: tuple[str, 
     assert loaded.server.graceful_timeout == 12.5
     assert loaded.limits.idle_timeout == 900.0
     assert loaded.memcached.servers[1] == Address("2001:db8::5", 11211)
+    assert (loaded.memcached.retry_after, loaded.memcached.slot_ttl) == (5.0, 30)
+    assert loaded.tracing == config.TracingConfig(enabled=True, service_name="pop3d-eu")
     assert loaded.auth.scope == "pop"
     assert config.read_secret(loaded) == b"0123456789abcdef0123456789abcdef"
     assert loaded.logging.level == "debug"
@@ -186,6 +194,7 @@ BAD = [
     ("statement timeout over the heartbeat", "[server]\nworker_timeout = 5\n"
      "[database]\nstatement_timeout = 5\n", "database.statement_timeout",
      "below server.worker_timeout (5 s), got 5"),
+    ("slot ttl", "[memcached]\nslot_ttl = 1\n", "memcached.slot_ttl", "must be at least 2, got 1"),
     ("line length", "[limits]\nline_length = 100000\n", "limits.line_length",
      "must be at most 65536"),
     ("control character in the name", '[server]\nname = "mail\\u0007"\n', "server.name",

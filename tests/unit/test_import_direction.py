@@ -71,7 +71,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
 LIBRARIES: dict[str, frozenset[str]] = {
     "auth": frozenset({"bcrypt"}),
     "store": frozenset({"psycopg2"}),
-    "adapters": frozenset({"pymemcache", "statsd"}),  # and only one of them per module
+    "adapters": frozenset({"pymemcache", "statsd", "opentelemetry"}),  # one per module
     "worker": frozenset({"setproctitle"}),
     "master": frozenset({"setproctitle"}),
     "cli": frozenset({"click"}),
