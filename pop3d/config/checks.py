@@ -19,11 +19,15 @@ MAX_LINE_LENGTH = 65536  # a command line, PASS and AUTH included, never needs m
 MAX_BCRYPT_COST = 16
 
 
-def check_semantics(config: Config, c: Collector) -> None:
-    """Range and cross-field checks, after every value has its type."""
+def check_semantics(config: Config, c: Collector, *, files: bool = True) -> None:
+    """Range and cross-field checks, after every value has its type.  ``files=False`` leaves
+    out whether the TLS and secret files exist and load: `pop3d deliver` reads neither, and an
+    MTA runs it without the supplementary groups (ssl-cert) those files may be readable by."""
     for check in (_check_server, _check_tls, _check_limits, _check_database,
                   _check_memcached, _check_auth, _check_statsd, _check_logging):
         check(config, c)
+    if files:
+        _check_files(config, c)
 
 
 def _at_least(c: Collector, key: str, value: float, minimum: float) -> None:
@@ -77,13 +81,20 @@ def _check_tls(config: Config, c: Collector) -> None:
         return
     if not t.key:
         c.error("tls.key", "required when tls.cert is set")
-        return
-    missing = [(key, path) for key, path in (("tls.cert", t.cert), ("tls.key", t.key))
-               if not os.path.isfile(path)]
-    for key, path in missing:
-        c.error(key, f"file not found: {path}")
-    if not missing:
-        _try_load_certificate(t, c)
+
+
+def _check_files(config: Config, c: Collector) -> None:
+    t = config.tls
+    if t.cert and t.key:
+        missing = [(key, path) for key, path in (("tls.cert", t.cert), ("tls.key", t.key))
+                   if not os.path.isfile(path)]
+        for key, path in missing:
+            c.error(key, f"file not found: {path}")
+        if not missing:
+            _try_load_certificate(t, c)
+    secret = config.auth.secret_file
+    if secret and not os.path.isfile(secret):
+        c.error("auth.secret_file", f"file not found: {secret}")
 
 
 def _try_load_certificate(t: TlsConfig, c: Collector) -> None:
@@ -130,8 +141,6 @@ def _check_auth(config: Config, c: Collector) -> None:
     a = config.auth
     if not a.scope.strip():
         c.error("auth.scope", "must not be empty")
-    if a.secret_file and not os.path.isfile(a.secret_file):
-        c.error("auth.secret_file", f"file not found: {a.secret_file}")
     _at_least(c, "auth.cache_ttl", a.cache_ttl, 0)
     _at_least(c, "auth.failure_delay", a.failure_delay, 0)
     _at_least(c, "auth.max_failures", a.max_failures, 1)
