@@ -89,6 +89,8 @@ test_deps() {
     local missing=()
     command -v fail2ban-regex >/dev/null || missing+=(fail2ban)
     command -v logrotate >/dev/null || missing+=(logrotate)
+    command -v lintian >/dev/null || missing+=(lintian)
+    command -v man >/dev/null || missing+=(man-db)  # systemd-analyze verify reads Documentation=
     command -v systemd-analyze >/dev/null || missing+=(systemd)
     command -v setpriv >/dev/null || missing+=(util-linux)
     if ! command -v postfix >/dev/null; then

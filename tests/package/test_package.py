@@ -13,6 +13,7 @@ import os
 import poplib
 import pwd
 import re
+import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -93,7 +94,8 @@ def configured(installation: Installation, make_database: Callable[[], str],
                    "graceful_timeout": "5"},
         "database": {"dsn": f'"{make_database()}"'},
         "memcached": {"servers": f'["{services["POP3D_TEST_MEMCACHED"]}"]'},
-        "auth": {"failure_delay": "0.2", "bcrypt_cost": "4"},
+        # The other tests fail logins from 127.0.0.1 on the same memcached: no lockout.
+        "auth": {"failure_delay": "0.2", "bcrypt_cost": "4", "max_failures": "1000000"},
         "statsd": {"enabled": "false"},
         "logging": {"file": f'"{LOG_FILE}"'},
     })
@@ -132,6 +134,12 @@ def children(pid: int) -> list[int]:
 def proc_status(pid: int) -> dict[str, str]:
     lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def test_lintian_finds_no_error_or_warning(deb: Path) -> None:
+    (changes,) = deb.parent.glob("pop3d_*.changes")
+    result = run("lintian", "--fail-on", "error,warning", str(changes), check=False)
+    assert result.returncode == 0, result.stdout
 
 
 # --- installed -----------------------------------------------------------------------------
@@ -231,7 +239,8 @@ def test_exec_reload_starts_new_workers_that_serve(service: Service,
     old_workers = set(children(service.pid))
     service.reload()
     status = run("/usr/bin/pop3d", "status").stdout
-    assert "generation 2" in status and "last reload: ok" in status
+    assert "generation 2" in status
+    assert "last reload: ok" in status
 
     def only_new_workers() -> set[int]:
         workers = set(children(service.pid))
@@ -282,6 +291,19 @@ def test_the_fail2ban_filter_matches_the_failed_logins(service: Service, configu
     syslog.write_text("".join(f"Dec  4 03:50:05 mailhost pop3d[{service.pid}]: {line}\n"
                               for line in text.splitlines()))
     assert fail2ban_matches(syslog) == (FAILED_LOGINS, {"127.0.0.1"})
+
+
+def test_the_fail2ban_jail_uses_the_filter_on_the_journal(installation: Installation,
+                                                          shared_tmp: Path) -> None:
+    config = shared_tmp / "fail2ban"
+    shutil.copytree("/etc/fail2ban", config)
+    jail = config / "jail.d" / "pop3d.conf"
+    jail.write_text(jail.read_text().replace("enabled = false", "enabled = true"))
+    dump = run("fail2ban-client", "-c", str(config), "-d").stdout
+    assert "['add', 'pop3d', 'systemd']" in dump
+    assert "['set', 'pop3d', 'addjournalmatch', '_SYSTEMD_UNIT=pop3d.service']" in dump
+    assert "['set', 'pop3d', 'maxretry', 5]" in dump
+    assert re.search(r"\['set', 'pop3d', 'addfailregex', '.*login failed", dump)
 
 
 def test_term_stops_the_service(service: Service) -> None:
