@@ -159,6 +159,16 @@ def add_user(address: str) -> str:
     return admin("key", "create", address, "--name", "package test")
 
 
+def fail2ban_matches(log: Path) -> tuple[int, set[str]]:
+    """How many lines of ``log`` the installed filter matches, and the addresses found."""
+    output = run("fail2ban-regex", "--verbose", str(log),
+                 "/etc/fail2ban/filter.d/pop3d.conf").stdout
+    matched = re.search(r"^Lines: \d+ lines, \d+ ignored, (\d+) matched", output, re.M)
+    assert matched, output
+    addresses = set(re.findall(r"^\|\s+(\S+)\s+\w{3} \w{3} ", output, re.M))
+    return int(matched.group(1)), addresses
+
+
 @pytest.fixture(scope="module")
 def shared_tmp() -> Iterator[Path]:
     """A directory the service user can reach (pytest's temporary tree is root-only)."""

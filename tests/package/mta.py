@@ -131,26 +131,30 @@ class Postfix:
 
 
 class Cluster:
-    """A PostgreSQL cluster in ``root`` on 127.0.0.1:``port``, superuser pop3d, no password."""
+    """A PostgreSQL cluster in ``root`` on port ``port``: superuser pop3d, who logs in through
+    the Unix socket in ``root`` by peer authentication, as README.Debian sets it up (the OS
+    user pop3d is the role pop3d, no password), or through 127.0.0.1 without one."""
 
     def __init__(self, root: Path, port: int) -> None:
+        self.root = root
         self.data = root / "data"
         self.logfile = root / "postgresql.log"
         self.port = port
         self.bindir = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
                              key=lambda p: int(p.parent.parent.name))[-1].parent
         _run("chown", "postgres:", str(root))
-        self._as_postgres("initdb", "-D", str(self.data), "-U", "pop3d", "--auth=trust",
-                          "-E", "UTF8", "--no-locale", "--no-sync")
+        self._as_postgres("initdb", "-D", str(self.data), "-U", "pop3d", "--auth-local=peer",
+                          "--auth-host=trust", "-E", "UTF8", "--no-locale", "--no-sync")
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write("listen_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
+            conf.write(f"listen_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
                        "fsync = off\nsynchronous_commit = off\n")
 
     def _as_postgres(self, program: str, *args: str) -> str:
         return _run("runuser", "-u", "postgres", "--", str(self.bindir / program), *args)
 
-    def dsn(self, dbname: str) -> str:
-        return f"host=127.0.0.1 port={self.port} user=pop3d dbname={dbname}"
+    def socket_dsn(self, dbname: str) -> str:
+        """Through the Unix socket as whoever connects: peer authentication."""
+        return f"host={self.root} port={self.port} dbname={dbname}"
 
     def start(self) -> None:
         self._as_postgres("pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-w",
@@ -165,4 +169,5 @@ class Cluster:
                               check=False).returncode == 0
 
     def create_database(self, name: str) -> None:
-        _run(str(self.bindir / "psql"), self.dsn("postgres"), "-qc", f"CREATE DATABASE {name}")
+        dsn = f"host=127.0.0.1 port={self.port} user=pop3d dbname=postgres"
+        _run(str(self.bindir / "psql"), dsn, "-qc", f"CREATE DATABASE {name}")

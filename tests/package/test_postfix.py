@@ -3,11 +3,14 @@ examples (/usr/share/doc/pop3d/examples), and clients fetch the mail by POP3.
 
 Postfix runs as an instance of its own (configuration, queue and log in a temporary
 directory, no network listener); pop3d's database is a PostgreSQL cluster of its own, so the
-test can stop it to see mail deferred, and start it again to see that mail delivered.
+test can stop it to see mail deferred, and start it again to see that mail delivered.  pop3d
+reaches it as README.Debian sets PostgreSQL up: through the Unix socket, where the OS user
+pop3d is the database role pop3d by peer authentication.
 """
 
 from __future__ import annotations
 
+import poplib
 import re
 import shutil
 import tempfile
@@ -19,7 +22,16 @@ from pathlib import Path
 import pytest
 from e2e.conftest import free_port, wait_until
 
-from .conftest import CONFIG, add_user, admin, installed_package, pop3_login, retrieve, set_options
+from .conftest import (
+    CONFIG,
+    add_user,
+    admin,
+    fail2ban_matches,
+    installed_package,
+    pop3_login,
+    retrieve,
+    set_options,
+)
 from .mta import Cluster, Postfix
 from .service import Service, Unit
 
@@ -71,6 +83,7 @@ class Mail:
     cluster: Cluster
     port: int
     keys: dict[str, str]
+    journal: Path  # the server's log (its standard error, as the journal would get it)
 
     def mailbox(self, address: str) -> list[bytes]:
         with pop3_login(self.port, address, self.keys[address]) as client:
@@ -100,10 +113,11 @@ def mail(deb: Path, shared_tmp: Path, services: dict[str, str]) -> Iterator[Mail
             set_options(CONFIG, {
                 "server": {"listen": f'["127.0.0.1:{free_port()}"]', "tls_listen": "[]",
                            "workers": "1", "graceful_timeout": "5"},
-                "database": {"dsn": f'"{cluster.dsn("mail")}"', "statement_timeout": "5"},
+                "database": {"dsn": f'"{cluster.socket_dsn("mail")}"',
+                             "statement_timeout": "5"},
                 "memcached": {"servers": f'["{services["POP3D_TEST_MEMCACHED"]}"]'},
                 # Other tests fail logins from 127.0.0.1 on this memcached: no lockout.
-                "auth": {"bcrypt_cost": "4", "max_failures": "1000000"},
+                "auth": {"bcrypt_cost": "4", "max_failures": "1000000", "failure_delay": "0.1"},
                 "statsd": {"enabled": "false"},
             })
             admin("db", "migrate")
@@ -113,7 +127,7 @@ def mail(deb: Path, shared_tmp: Path, services: dict[str, str]) -> Iterator[Mail
             postfix.start()
             try:
                 port = int(re.findall(r"127\.0\.0\.1:(\d+)", CONFIG.read_text())[0])
-                yield Mail(postfix, cluster, port, keys)
+                yield Mail(postfix, cluster, port, keys, service.output)
             finally:
                 postfix.stop()
                 service.close()
@@ -146,7 +160,7 @@ def test_mail_for_an_unknown_user_bounces_to_the_sender(mail: Mail) -> None:
     assert bounces[0].startswith(b"Return-Path: <MAILER-DAEMON>\r\n")  # the null sender
     assert b"Final-Recipient: rfc822; nobody@pop3d.test" in bounces[0]
     assert b"Status: 5.1.1" in bounces[0]
-    assert mail.postfix.queued() == []
+    wait_until(lambda: not mail.postfix.queued(), 10, "an empty queue")
 
 
 def test_mail_is_deferred_while_the_database_is_down_and_delivered_after(mail: Mail) -> None:
@@ -158,6 +172,12 @@ def test_mail_is_deferred_while_the_database_is_down_and_delivered_after(mail: M
         assert "dsn=4.3.0" in line
         assert "database unavailable" in line
         assert mail.postfix.queued() == [BOB]
+        # Meanwhile a failed login is pop3d's fault, not the client's: fail2ban ignores it.
+        with pytest.raises(poplib.error_proto, match=r"\[SYS/TEMP\]"), \
+                pop3_login(mail.port, BOB, "pk_wrong_key"):
+            pass
+        assert "[SYS/TEMP]" in mail.journal.read_text()
+        assert fail2ban_matches(mail.journal) == (0, set())
     finally:
         mail.cluster.start()
     mail.postfix.flush()
