@@ -58,11 +58,16 @@ class Package:
         self.deb = deb
 
     def install_dependencies(self) -> None:
+        """What the package depends on, installed on its own (before the snapshot)."""
         depends = run("dpkg-deb", "-f", str(self.deb), "Depends").stdout.strip()
-        run(*APT, "satisfy", "--no-install-recommends", depends, env=APT_ENV)
+        satisfy = [*APT, "satisfy", "--no-install-recommends", depends]
+        if run(*satisfy, env=APT_ENV, check=False).returncode != 0:
+            run(*APT, "update", env=APT_ENV)  # package lists missing or stale
+            run(*satisfy, env=APT_ENV)
 
-    def install(self) -> None:
-        run(*APT, "install", "--no-install-recommends", str(self.deb), env=APT_ENV)
+    def install(self, *, again: bool = False) -> None:
+        options = ["--reinstall"] if again else []
+        run(*APT, "install", "--no-install-recommends", *options, str(self.deb), env=APT_ENV)
 
     def installed(self) -> bool:
         status = run("dpkg-query", "-W", "-f", "${db:Status-Status}", "pop3d", check=False)

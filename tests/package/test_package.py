@@ -200,6 +200,15 @@ def test_the_filled_in_configuration_checks_ok(configured: Configured) -> None:
     assert (result.returncode, result.stdout) == (0, b"ok\n"), result.stderr
 
 
+def test_reinstalling_keeps_the_operators_configuration_and_secret(
+        installation: Installation, configured: Configured) -> None:
+    kept = {path: (path.read_bytes(), path.stat().st_mode, path.stat().st_gid)
+            for path in (CONFIG, Path("/etc/pop3d/secret"), Path("/var/lib/pop3d/created"))}
+    installation.package.install(again=True)
+    assert {path: (path.read_bytes(), path.stat().st_mode, path.stat().st_gid)
+            for path in kept} == kept
+
+
 def test_without_the_units_capability_the_ports_cannot_be_bound(configured: Configured,
                                                                  shared_tmp: Path) -> None:
     (shared_tmp / "no-capability").mkdir(mode=0o755)
