@@ -125,11 +125,18 @@ def tls_context() -> ssl.SSLContext:
 
 
 @contextlib.contextmanager
-def pop3_login(port: int, address: str, key: str) -> Iterator[poplib.POP3]:
-    """A POP3 session on 127.0.0.1:``port``, upgraded with STLS, logged in."""
-    client = poplib.POP3("127.0.0.1", port, timeout=10)
+def pop3_login(port: int, address: str, key: str, *, implicit_tls: bool = False,
+               ) -> Iterator[poplib.POP3]:
+    """A POP3 session on 127.0.0.1:``port``, upgraded with STLS (or TLS from the start on an
+    implicit-TLS port), logged in."""
+    if implicit_tls:
+        client: poplib.POP3 = poplib.POP3_SSL("127.0.0.1", port, timeout=10,
+                                              context=tls_context())
+    else:
+        client = poplib.POP3("127.0.0.1", port, timeout=10)
     try:
-        client.stls(tls_context())
+        if not implicit_tls:
+            client.stls(tls_context())
         client.user(address)
         client.pass_(key)
         yield client

@@ -103,10 +103,15 @@ class Unit:
                 os.chown(path, account.pw_uid, gid)
                 path.chmod(int(self.one(f"{key}Mode", "0755"), 8))
 
-    def remove_runtime_directory(self) -> None:
-        """systemd removes RuntimeDirectory= once the service has stopped."""
+    def remove_runtime_directory(self) -> list[str]:
+        """systemd removes RuntimeDirectory= once the service has stopped; what the service
+        had left in it."""
+        left: list[str] = []
         for name in self.one("RuntimeDirectory").split():
-            shutil.rmtree(Path("/run", name), ignore_errors=True)
+            directory = Path("/run", name)
+            left += sorted(str(path) for path in directory.glob("*"))
+            shutil.rmtree(directory, ignore_errors=True)
+        return left
 
     def limits(self) -> None:
         """UMask= and LimitNOFILE=, in the child before it execs (a preexec_fn)."""
@@ -163,6 +168,7 @@ class Service:
         self.output = directory / "journal.log"
         self.notify = NotifySocket(directory)
         self.process: subprocess.Popen[bytes] | None = None
+        self.left_at_stop: list[str] = []  # what the service left in its RuntimeDirectory
 
     @property
     def pid(self) -> int:
@@ -209,7 +215,7 @@ class Service:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
-            self.unit.remove_runtime_directory()
+            self.left_at_stop = self.unit.remove_runtime_directory()
         return code
 
     def journal(self) -> str:

@@ -66,9 +66,9 @@ def installation(deb: Path) -> Iterator[Installation]:
     """The package installed; what the machine held before, to compare after the purge."""
     package = Package(deb)
     package.install_dependencies()
-    before = Installation(package, snapshot(), grp.getgrnam("ssl-cert").gr_mem)
+    installation = Installation(package, snapshot(), grp.getgrnam("ssl-cert").gr_mem)
     with installed_package(deb):
-        yield before
+        yield installation
 
 
 @dataclass
@@ -241,6 +241,9 @@ def test_a_login_over_stls_retrieves_the_delivered_message(service: Service,
         count, size = client.stat()
         assert (count, size) == (1, len(configured.message))
         assert retrieve(client, 1) == configured.message
+    with pop3_login(configured.tls_port, configured.address, configured.key,
+                    implicit_tls=True) as client:
+        assert retrieve(client, 1) == configured.message
 
 
 def test_exec_reload_starts_new_workers_that_serve(service: Service,
@@ -311,7 +314,7 @@ def test_the_fail2ban_jail_uses_the_filter_on_the_journal(installation: Installa
 def test_term_stops_the_service(service: Service) -> None:
     assert service.stop() == 0
     service.notify.wait_for(service.pid, "STOPPING", "1", timeout=5)
-    assert not Path("/run/pop3d").exists()
+    assert service.left_at_stop == []  # pidfile and status file removed by pop3d itself
 
 
 # --- purged --------------------------------------------------------------------------------
