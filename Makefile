@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= conf/dev.toml
 PYTEST_ARGS ?=
 
-.PHONY: run test lint unit services migrate seed stop clean bench
+.PHONY: run test lint unit services migrate seed stop clean bench deb test-deb
 
 $(VENV)/.installed: setup.py
 	scripts/bootstrap.sh
@@ -32,6 +32,15 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check pop3d tests scripts setup.py
 	$(BIN)/mypy
 
+## The Debian package in dist/ (installs the build dependencies when missing), checked by lintian.
+deb:
+	scripts/deb.sh build
+	scripts/deb.sh lintian
+
+## Only the package tests (tests/package: install, run as the unit would, Postfix, purge; root).
+test-deb: services $(VENV)/.installed
+	$(BIN)/pytest tests/package $(PYTEST_ARGS)
+
 ## Only the pure unit tests (no services needed).
 unit: $(VENV)/.installed
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
@@ -45,4 +54,4 @@ stop:
 	scripts/services.sh stop
 
 clean: stop
-	rm -rf var $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf var $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist

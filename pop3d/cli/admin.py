@@ -289,7 +289,9 @@ def deliver_command(config_path: str | None, recipients: tuple[str, ...],
     Prints the new email id.  Exit codes for MTAs: 0 stored, 65 bad message, 67 unknown
     recipient (nothing stored), 75 try again later, 78 bad configuration.
     """
-    config = load_config(config_path, quiet=True)
+    # Delivery reads only [database]: the TLS key and the secret need not be readable by the
+    # MTA's delivery user.
+    config = load_config(config_path, quiet=True, check_files=False)
     with _reported(permanent=EX_TEMPFAIL):
         raw = message.read()
         email_id = deliver(_database(config, purpose="deliver"), raw, recipients)

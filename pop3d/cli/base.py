@@ -40,11 +40,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
-def load_config(config_path: str | None, *, quiet: bool = False) -> config.Config:
+def load_config(config_path: str | None, *, quiet: bool = False,
+                check_files: bool = True) -> config.Config:
     """The validated configuration, or every problem on stderr and exit 78 (EX_CONFIG)."""
     path = config.resolve_path(config_path)
     try:
-        loaded, warnings = config.load(path)
+        loaded, warnings = config.load(path, check_files=check_files)
     except ConfigError as exc:
         _echo_problems(exc.problems, "error")
         sys.exit(EX_CONFIG)

@@ -84,8 +84,10 @@ __all__ = [
 ]
 
 
-def load(path: str | os.PathLike[str]) -> tuple[Config, list[ConfigProblem]]:
-    """Read and validate ``path``; return the config and its warnings, or raise ConfigError."""
+def load(path: str | os.PathLike[str], *, check_files: bool = True,
+         ) -> tuple[Config, list[ConfigProblem]]:
+    """Read and validate ``path``; return the config and its warnings, or raise ConfigError.
+    ``check_files=False`` skips the TLS and secret files (see :func:`check_semantics`)."""
     name = str(path)
     collector = Collector(name)
     raw = read_toml(name)
@@ -96,7 +98,7 @@ def load(path: str | os.PathLike[str]) -> tuple[Config, list[ConfigProblem]]:
     for section in sorted(raw.keys() - SECTIONS.keys()):
         collector.error(section, "unknown section")
     config = Config(path=name, **sections)
-    check_semantics(config, collector)
+    check_semantics(config, collector, files=check_files)
     if collector.problems:
         raise ConfigError(collector.problems)
     return config, collector.warnings

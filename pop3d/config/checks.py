@@ -24,11 +24,15 @@ MIN_SECRET_OCTETS = 32  # 256 bits, as many as HMAC-SHA256's output: no weaker t
 _TEXT_SECRET = re.compile(rb"[\x20-\x7e]*")
 
 
-def check_semantics(config: Config, c: Collector) -> None:
-    """Range and cross-field checks, after every value has its type."""
+def check_semantics(config: Config, c: Collector, *, files: bool = True) -> None:
+    """Range and cross-field checks, after every value has its type.  ``files=False`` leaves
+    out whether the TLS and secret files exist and load: `pop3d deliver` reads neither, and an
+    MTA runs it without the supplementary groups (ssl-cert) those files may be readable by."""
     for check in (_check_server, _check_tls, _check_limits, _check_database,
                   _check_memcached, _check_auth, _check_statsd, _check_logging):
         check(config, c)
+    if files:
+        _check_files(config, c)
 
 
 def _at_least(c: Collector, key: str, value: float, minimum: float) -> None:
@@ -82,13 +86,22 @@ def _check_tls(config: Config, c: Collector) -> None:
         return
     if not t.key:
         c.error("tls.key", "required when tls.cert is set")
-        return
-    missing = [(key, path) for key, path in (("tls.cert", t.cert), ("tls.key", t.key))
-               if not os.path.isfile(path)]
-    for key, path in missing:
-        c.error(key, f"file not found: {path}")
-    if not missing:
-        _try_load_certificate(t, c)
+
+
+def _check_files(config: Config, c: Collector) -> None:
+    t = config.tls
+    if t.cert and t.key:
+        missing = [(key, path) for key, path in (("tls.cert", t.cert), ("tls.key", t.key))
+                   if not os.path.isfile(path)]
+        for key, path in missing:
+            c.error(key, f"file not found: {path}")
+        if not missing:
+            _try_load_certificate(t, c)
+    secret = config.auth.secret_file
+    if secret:
+        problem = secret_problem(secret)
+        if problem:
+            c.error("auth.secret_file", problem)
 
 
 def _try_load_certificate(t: TlsConfig, c: Collector) -> None:
@@ -145,10 +158,6 @@ def _check_auth(config: Config, c: Collector) -> None:
     a = config.auth
     if not a.scope.strip():
         c.error("auth.scope", "must not be empty")
-    if a.secret_file:
-        problem = secret_problem(a.secret_file)
-        if problem:
-            c.error("auth.secret_file", problem)
     _at_least(c, "auth.cache_ttl", a.cache_ttl, 0)
     _at_least(c, "auth.failure_delay", a.failure_delay, 0)
     _at_least(c, "auth.max_failures", a.max_failures, 1)
