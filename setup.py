@@ -24,5 +24,6 @@ setup(
             "types-psycopg2",
         ],
     },
-    entry_points={"console_scripts": ["pop3d = pop3d.cli:main"]},
+    entry_points={"console_scripts": ["pop3d = pop3d.cli:main",
+                                      "pop3bench = pop3d.bench.cli:main"]},
 )

@@ -54,8 +54,7 @@ def create_key(config: str, address: str) -> str:
 def read_users_file(path: Path) -> dict[str, str]:
     if not path.exists():
         return {}
-    pairs = (line.split() for line in path.read_text().splitlines() if line.strip())
-    return {address: key for address, key in pairs}
+    return dict(line.split() for line in path.read_text().splitlines() if line.strip())
 
 
 def make_users(config: str, addresses: list[str], known: dict[str, str],

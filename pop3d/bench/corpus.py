@@ -19,10 +19,11 @@ LARGEST = 200 * 1024
 SPREAD = 5.5  # size(i) = SMALLEST + (LARGEST - SMALLEST) * (i / (n-1)) ** SPREAD: mean ~36 KB
 LINE = 72  # prose line width, as mail clients wrap
 WORDS = (
-    "the quarterly report is attached please review before friday meeting budget server "
-    "migration postgres latency throughput mailbox delivery queue retry invoice customer "
-    "schedule agenda notes draft final revision approved pending release backup restore"
-).split()
+    "the", "quarterly", "report", "is", "attached", "please", "review", "before", "friday",
+    "meeting", "budget", "server", "migration", "postgres", "latency", "throughput", "mailbox",
+    "delivery", "queue", "retry", "invoice", "customer", "schedule", "agenda", "notes", "draft",
+    "final", "revision", "approved", "pending", "release", "backup", "restore",
+)
 
 
 def sizes(count: int) -> list[int]:
@@ -36,7 +37,8 @@ def sizes(count: int) -> list[int]:
 def prose(rng: random.Random, octets: int, dots: bool = False) -> bytes:
     """CRLF lines of words, about ``octets`` long; with ``dots``, one line in three begins
     with a dot."""
-    lines, total = [], 0
+    lines: list[bytes] = []
+    total = 0
     starts = (".", "..", ". ", ".signature")
     while total < octets:
         words, width = [], 0

@@ -74,7 +74,7 @@ def error_key(line: bytes | bytearray) -> str:
 def parse_stat(line: bytes) -> tuple[int, int]:
     """``+OK count octets`` -> (count, octets); ValueError if it is not that."""
     parts = line.split()
-    if len(parts) < 3 or parts[0] != b"+OK":
+    if len(parts) < 3 or parts[0] != b"+OK" or not (parts[1].isdigit() and parts[2].isdigit()):
         raise ValueError(f"not a STAT reply: {line[:60]!r}")
     return int(parts[1]), int(parts[2])
 
@@ -106,7 +106,7 @@ class BodyScanner:
 
     def feed(self, buf: bytes | bytearray, start: int, end: int) -> int:
         """Scan ``buf[start:end]``; return the index just past the terminator, or -1."""
-        head = bytes(buf[start:start + 4])
+        head = bytes(buf[start:min(start + 4, end)])
         seam_tail = self.tail[-3:]
         self.stuffed += (seam_tail + head[:3]).count(STUFFED)
         cut = (self.tail + head).find(TERMINATOR)

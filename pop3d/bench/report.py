@@ -19,7 +19,7 @@ def _rate(count: float, seconds: float) -> float:
 def as_dict(outcome: Outcome) -> dict[str, Any]:
     config, tally = outcome.config, outcome.tally
     elapsed = tally.elapsed
-    octets = sum(tally.octets.values())
+    octets = tally.octets["RETR"]  # message octets; LIST and UIDL bodies are not mail
     kinds = sorted(tally.latencies, key=lambda k: (*KIND_ORDER, k).index(k))
     report: dict[str, Any] = {
         "workload": config.workload, "server": f"{config.host}:{config.port}",
@@ -29,6 +29,7 @@ def as_dict(outcome: Outcome) -> dict[str, Any]:
         "sessions": tally.sessions, "sessions_per_s": _rate(tally.sessions, elapsed),
         "logins": tally.logins, "logins_per_s": _rate(tally.logins, elapsed),
         "retr": len(tally.latencies.get("RETR", ())), "octets": octets,
+        "octets_by_kind": dict(tally.octets),
         "mb_per_s": round(octets / MB / elapsed, 2) if elapsed > 0 else 0.0,
         "latency_ms": {kind: summarize(tally.latencies[kind]) for kind in kinds},
         "errors": dict(tally.errors.most_common()), "error_count": sum(tally.errors.values()),
@@ -47,9 +48,11 @@ def as_dict(outcome: Outcome) -> dict[str, Any]:
 
 
 def as_text(report: dict[str, Any]) -> str:
+    clients = (f"{report['sessions_wanted']} sessions ({report['concurrency']} opening at once)"
+               if report["workload"] == "idle" else f"{report['concurrency']} clients")
     lines = [
         f"pop3bench {report['workload']} against {report['server']} ({report['tls']}): "
-        f"{report['concurrency']} clients in {report['processes']} processes, "
+        f"{clients} in {report['processes']} processes, "
         f"{report['duration_s']:g} s (warm-up {report['warmup_s']:g} s), "
         f"{report['users']} users",
     ]

@@ -39,6 +39,7 @@ LAYER_OF: dict[str, str] = {
     "pop3d.config": "config",
     "pop3d.log": "log",
     "pop3d.cli": "cli",
+    "pop3d.bench": "bench",  # pop3bench: a client for any POP3 server, stdlib only
 }
 
 MASTER_HELPERS = frozenset({"sockets", "pidfile", "sdnotify", "heartbeat"})
@@ -66,6 +67,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "plan": MASTER_MAY_IMPORT,
     "config": frozenset({"root", "config", "errors"}),
     "log": frozenset({"root", "errors"}),
+    "bench": frozenset({"bench"}),
     "cli": frozenset(
         {"root", "cli", "config", "master", "worker", "store", "auth", "log", "errors", "adapters"}
         | MASTER_HELPERS

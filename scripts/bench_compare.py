@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""pop3d and Dovecot side by side: every pop3bench workload against both, in one run.
+
+    .venv/bin/python scripts/bench_compare.py -c $DEV_CONFIG            # all measurements
+    .venv/bin/python scripts/bench_compare.py -c $DEV_CONFIG --only poll bulk8
+
+Needs the services (scripts/services.sh start) and the benchmark users and corpus
+(scripts/bench_setup.py --users 2000).  Starts pop3d from a copy of the services configuration
+on its own loopback ports (12110 plain/STLS, 12995 TLS; 2 workers) and a private Dovecot
+(scripts/dovecot-bench.sh; 12120, 12993), runs each measurement on pop3d then on Dovecot,
+stops both, prints one Markdown table per workload and keeps every JSON report in
+var/bench/results/<time>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import bcrypt
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".venv" / "bin"
+BENCH = ROOT / "var" / "bench"
+POP3D_PORTS = (12110, 12995)
+DOVECOT_PORTS = (12120, 12993)
+SMALL_USERS = 50  # the issue's table: a corpus shared by 50 users
+
+
+@dataclass(frozen=True)
+class Measurement:
+    name: str
+    title: str
+    args: tuple[str, ...]
+    users: str = "small"  # "small" (the first 50) or "all"
+    cache: bool = True  # auth cache on (30 s) or off
+    tls: str = "plain"
+
+
+MEASUREMENTS = [
+    Measurement("bulk8", "bulk, 8 sessions: one login, then RETR every message again and again",
+                ("bulk", "-c", "8", "-p", "2")),
+    Measurement("bulk1", "bulk, 1 session", ("bulk", "-c", "1", "-p", "1")),
+    Measurement("download", "download: login, RETR all, QUIT (8 clients)",
+                ("download", "-c", "8", "-p", "2")),
+    Measurement("poll", "poll: login, STAT, UIDL, QUIT (16 clients, cache warm)",
+                ("poll", "-c", "16", "-p", "2")),
+    Measurement("fresh", "fresh logins, auth cache off (16 clients, 2,000 users)",
+                ("login", "-c", "16", "-p", "2"), users="all", cache=False),
+    Measurement("idle_tls", "idle over implicit TLS", ("idle",), users="all", tls="tls"),
+    Measurement("idle_stls", "idle over STLS", ("idle",), users="all", tls="starttls"),
+]
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def pop3d_config(base: Path, cache: bool) -> Path:
+    """The services configuration with the benchmark's listeners, workers and log."""
+    with base.open("rb") as f:
+        config = tomllib.load(f)
+    config["server"].update({
+        "listen": [f"127.0.0.1:{POP3D_PORTS[0]}"], "tls_listen": [f"127.0.0.1:{POP3D_PORTS[1]}"],
+        "workers": 2, "worker_connections": 12000, "pidfile": str(BENCH / "run" / "pop3d.pid")})
+    config.setdefault("auth", {})["cache_ttl"] = 30 if cache else 0
+    config.setdefault("logging", {})["file"] = str(BENCH / "pop3d.log")
+    path = BENCH / ("pop3d.toml" if cache else "pop3d-nocache.toml")
+    path.write_text("".join(
+        f"[{section}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()) + "\n"
+        for section, values in config.items()))
+    return path
+
+
+def pop3d_master(path: Path) -> int:
+    return int((BENCH / "run" / "pop3d.pid").read_text().split()[0])
+
+
+def start_pop3d(path: Path) -> None:
+    stop_pop3d(path)
+    subprocess.run([BIN / "pop3d", "start", "-c", path, "--daemon"], check=True, cwd=ROOT)
+    time.sleep(1.0)
+
+
+def stop_pop3d(path: Path) -> None:
+    subprocess.run([BIN / "pop3d", "stop", "-c", path], cwd=ROOT, capture_output=True,
+                   check=False)
+
+
+def start_dovecot(base: Path, cache: bool) -> None:
+    env = dict(os.environ, POP3D_CONFIG=str(base), DOVECOT_AUTH_CACHE_TTL="30" if cache else "0")
+    subprocess.run([ROOT / "scripts" / "dovecot-bench.sh", "start"], check=True, env=env)
+
+
+def dovecot_master() -> int:
+    return int((ROOT / "var" / "dovecot" / "run" / "master.pid").read_text().split()[0])
+
+
+def memory(pid: int, children: bool) -> dict[str, int]:
+    command = [sys.executable, ROOT / "scripts" / "bench_memory.py", str(pid)]
+    out = subprocess.run(command + (["--children"] if children else []), capture_output=True,
+                         text=True, check=True).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def pop3bench(args: list[str], where: Path) -> dict[str, Any]:
+    done = subprocess.run([BIN / "pop3bench", *args, "--json"], capture_output=True, text=True,
+                          check=False, cwd=ROOT)
+    where.write_text(done.stdout + done.stderr)
+    if not done.stdout.startswith("{"):
+        raise SystemExit(f"pop3bench failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def bcrypt_verify_seconds(cost: int = 10, rounds: int = 15) -> float:
+    hashed = bcrypt.hashpw(b"pk_benchmark_key", bcrypt.gensalt(rounds=cost))
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        bcrypt.checkpw(b"pk_benchmark_key", hashed)
+        times.append(time.perf_counter() - started)
+    return median(times)
+
+
+def run_one(m: Measurement, server: str, ports: tuple[int, int], args: argparse.Namespace,
+            out: Path) -> dict[str, Any]:
+    users = str(BENCH / ("users.txt" if m.users == "all" else "users-small.txt"))
+    port = ports[1] if m.tls == "tls" else ports[0]
+    common = ["--port", str(port), "--users", users, "--tls", m.tls,
+              "--cafile", str(ROOT / "var" / "tls" / "cert.pem")]
+    extra: list[str] = []
+    if m.args[0] == "idle":
+        sessions = args.idle_sessions if server == "pop3d" else args.dovecot_idle_sessions
+        pid = pop3d_master(BENCH / "pop3d.toml") if server == "pop3d" else dovecot_master()
+        children = server == "pop3d"  # pop3d: the workers; Dovecot: the whole instance
+        probe = f"{sys.executable} {ROOT / 'scripts' / 'bench_memory.py'} {pid}" + (
+            " --children" if children else "")
+        extra = ["-n", str(sessions), "-c", "200", "-p", "2", "-d", str(args.idle_hold),
+                 "--noop-interval", "2", "--timeout", "120", "--on-open", probe]
+        before = memory(pid, children)
+        report = pop3bench([*m.args, *common, *extra], out / f"{m.name}-{server}.json")
+        report["memory_before"] = before
+        report["memory_open"] = json.loads(report["on_open_output"].strip().splitlines()[-1])
+        return report
+    extra = ["-d", str(args.duration), "--warmup", str(args.warmup)]
+    return pop3bench([*m.args, *common, *extra], out / f"{m.name}-{server}.json")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-c", "--config", default=os.environ.get("DEV_CONFIG",
+                                                                 "conf/dev.toml"))
+    parser.add_argument("--only", nargs="*", default=[m.name for m in MEASUREMENTS])
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--idle-sessions", type=int, default=10000)
+    parser.add_argument("--dovecot-idle-sessions", type=int, default=2000)
+    parser.add_argument("--idle-hold", type=float, default=20.0)
+    parser.add_argument("--servers", nargs="*", default=["pop3d", "dovecot"])
+    args = parser.parse_args()
+    base = Path(args.config).resolve()
+    out = BENCH / "results" / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True)
+    lines = (BENCH / "users.txt").read_text().splitlines()
+    (BENCH / "users-small.txt").write_text("\n".join(lines[:SMALL_USERS]) + "\n")
+    results: dict[str, Any] = {"load_before": os.getloadavg(), "cores": os.cpu_count(),
+                               "bcrypt_verify_s": bcrypt_verify_seconds()}
+    cache = None
+    try:
+        for m in [m for m in MEASUREMENTS if m.name in args.only]:
+            if cache != m.cache:
+                start_pop3d(pop3d_config(base, m.cache))
+                start_dovecot(base, m.cache)
+                cache = m.cache
+            for server, ports in (("pop3d", POP3D_PORTS), ("dovecot", DOVECOT_PORTS)):
+                if server in args.servers:
+                    print(f"{m.name} on {server} ...", file=sys.stderr, flush=True)
+                    results[f"{m.name}/{server}"] = run_one(m, server, ports, args, out)
+    finally:
+        stop_pop3d(BENCH / "pop3d.toml")
+        subprocess.run([ROOT / "scripts" / "dovecot-bench.sh", "stop"], check=False)
+    results["load_after"] = os.getloadavg()
+    (out / "summary.json").write_text(json.dumps(results, indent=1))
+    print(f"results in {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
