@@ -58,6 +58,8 @@ MEASUREMENTS = [
                 ("login", "-c", "16", "-p", "2"), users="all", cache=False),
     Measurement("idle_tls", "idle over implicit TLS", ("idle",), users="all", tls="tls"),
     Measurement("idle_stls", "idle over STLS", ("idle",), users="all", tls="starttls"),
+    Measurement("idle_grouped", "idle over implicit TLS, each user's sessions opened together",
+                ("idle", "--grouped"), users="all", tls="tls"),
 ]
 
 
@@ -161,18 +163,101 @@ def run_one(m: Measurement, server: str, ports: tuple[int, int], args: argparse.
     return pop3bench([*m.args, *common, *extra], out / f"{m.name}-{server}.json")
 
 
+def _row(name: str, pop3d: float | None, dovecot: float | None, unit: str = "",
+         ratio: bool = True) -> str:
+    def cell(value: float | None) -> str:
+        return "—" if value is None else f"{value:,.2f}{unit}".replace(".00" + unit, unit)
+
+    times = (f"{pop3d / dovecot:.2f}x" if ratio and pop3d is not None and dovecot else "")
+    return f"| {name} | {cell(pop3d)} | {cell(dovecot)} | {times} |"
+
+
+def _lat(report: dict[str, Any] | None, kind: str, pct: str) -> float | None:
+    if not report or kind not in report["latency_ms"]:
+        return None
+    return float(report["latency_ms"][kind][f"{pct}_ms"])
+
+
+def _per_session(report: dict[str, Any] | None, key: str) -> float | None:
+    if not report or not report.get("opened"):
+        return None
+    grown = report["memory_open"][key] - report["memory_before"][key]
+    return float(grown / report["opened"])
+
+
+def table(m: Measurement, results: dict[str, Any]) -> str:
+    """One Markdown table: pop3d, Dovecot and the ratio of each figure."""
+    p, d = results.get(f"{m.name}/pop3d"), results.get(f"{m.name}/dovecot")
+
+    def get(report: dict[str, Any] | None, key: str) -> float | None:
+        return None if report is None else float(report[key])
+
+    rows = ["| | pop3d | Dovecot | pop3d ÷ Dovecot |", "|---|---|---|---|"]
+    if m.args[0] in ("bulk", "download"):
+        rows.append(_row("**MB/s**", get(p, "mb_per_s"), get(d, "mb_per_s")))
+        rows.append(_row("RETR/s", *(None if r is None else r["retr"] / r["elapsed_s"]
+                                     for r in (p, d))))
+    if m.args[0] in ("download", "poll"):
+        rows.append(_row("sessions/s", get(p, "sessions_per_s"), get(d, "sessions_per_s")))
+    if m.args[0] == "login":
+        bound = results["cores"] / results["bcrypt_verify_s"]
+        rows.append(_row("**logins/s**", get(p, "logins_per_s"), get(d, "logins_per_s")))
+        rows.append(_row("% of the bcrypt bound", *(None if r is None else
+                         100 * r["logins_per_s"] / bound for r in (p, d)), " %", ratio=False))
+    if m.args[0] == "idle":
+        rows.append(_row("sessions opened", get(p, "opened"), get(d, "opened"), ratio=False))
+        rows.append(_row("opening took (s)", get(p, "open_s"), get(d, "open_s"), ratio=False))
+        rows.append(_row("opened/s", get(p, "opens_per_s"), get(d, "opens_per_s")))
+        rows.append(_row("idle sessions at the start (PSS MiB)", *(None if r is None else
+                         r["memory_before"]["pss_kib"] / 1024 for r in (p, d)), ratio=False))
+        rows.append(_row("all sessions open (PSS MiB)", *(None if r is None else
+                         r["memory_open"]["pss_kib"] / 1024 for r in (p, d)), ratio=False))
+        rows.append(_row("**server PSS per session (KiB)**", _per_session(p, "pss_kib"),
+                         _per_session(d, "pss_kib")))
+        rows.append(_row("server RSS per session (KiB)", _per_session(p, "rss_kib"),
+                         _per_session(d, "rss_kib")))
+        for kind in ("NOOP", "login"):
+            for pct in ("p50", "p99"):
+                rows.append(_row(f"{kind} {pct} (ms)", _lat(p, kind, pct), _lat(d, kind, pct),
+                                 ratio=False))
+    else:
+        kind = {"bulk": "RETR", "download": "session", "poll": "session"}.get(m.args[0], "login")
+        for pct in ("p50", "p99"):
+            rows.append(_row(f"{kind} {pct} (ms)", _lat(p, kind, pct), _lat(d, kind, pct),
+                             ratio=False))
+    rows.append(_row("errors", get(p, "error_count"), get(d, "error_count"), ratio=False))
+    rows.append(_row("pop3bench CPU (% of a core)", get(p, "client_cpu_pct"),
+                     get(d, "client_cpu_pct"), ratio=False))
+    return f"#### {m.title}\n\n" + "\n".join(rows) + "\n"
+
+
+def print_tables(directory: Path) -> None:
+    results = json.loads((directory / "summary.json").read_text())
+    for m in MEASUREMENTS:
+        if any(key.startswith(m.name + "/") for key in results):
+            print(table(m, results))
+    bound = results["cores"] / results["bcrypt_verify_s"]
+    print(f"bcrypt: one verify at cost 10 takes {results['bcrypt_verify_s'] * 1000:.1f} ms; "
+          f"{results['cores']} cores ÷ that = {bound:.1f} logins/s. Load average before "
+          f"{results['load_before'][0]:.2f}, after {results['load_after'][0]:.2f}.")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-c", "--config", default=os.environ.get("DEV_CONFIG",
                                                                  "conf/dev.toml"))
     parser.add_argument("--only", nargs="*", default=[m.name for m in MEASUREMENTS])
     parser.add_argument("--duration", type=float, default=15.0)
-    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--idle-sessions", type=int, default=10000)
     parser.add_argument("--dovecot-idle-sessions", type=int, default=2000)
     parser.add_argument("--idle-hold", type=float, default=20.0)
     parser.add_argument("--servers", nargs="*", default=["pop3d", "dovecot"])
+    parser.add_argument("--tables", metavar="DIR", help="only print the tables of a past run")
     args = parser.parse_args()
+    if args.tables:
+        print_tables(Path(args.tables))
+        return 0
     base = Path(args.config).resolve()
     out = BENCH / "results" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
@@ -180,13 +265,15 @@ def main() -> int:
     (BENCH / "users-small.txt").write_text("\n".join(lines[:SMALL_USERS]) + "\n")
     results: dict[str, Any] = {"load_before": os.getloadavg(), "cores": os.cpu_count(),
                                "bcrypt_verify_s": bcrypt_verify_seconds()}
-    cache = None
+    servers: tuple[bool, str] | None = None
     try:
         for m in [m for m in MEASUREMENTS if m.name in args.only]:
-            if cache != m.cache:
+            # Fresh servers for each idle run, so the memory before it is a clean baseline.
+            wanted = (m.cache, m.name if m.name.startswith("idle") else "")
+            if servers != wanted:
                 start_pop3d(pop3d_config(base, m.cache))
                 start_dovecot(base, m.cache)
-                cache = m.cache
+                servers = wanted
             for server, ports in (("pop3d", POP3D_PORTS), ("dovecot", DOVECOT_PORTS)):
                 if server in args.servers:
                     print(f"{m.name} on {server} ...", file=sys.stderr, flush=True)
@@ -196,6 +283,7 @@ def main() -> int:
         subprocess.run([ROOT / "scripts" / "dovecot-bench.sh", "stop"], check=False)
     results["load_after"] = os.getloadavg()
     (out / "summary.json").write_text(json.dumps(results, indent=1))
+    print_tables(out)
     print(f"results in {out}", file=sys.stderr)
     return 0
 

@@ -149,6 +149,7 @@ service pop3-login {
   # login processes, one per core, each proxying many TLS sessions.
   service_count = 0
   process_min_avail = $(nproc)
+  process_limit = $(( $(nproc) * 4 ))
   client_limit = $MAX_SESSIONS
 }
 service pop3 {

@@ -22,7 +22,9 @@ EPILOG = """workloads:
             while each sends a NOOP every --noop-interval seconds
 
 users: --users FILE (one 'address key' per line), or --user-pattern and --password-pattern
-with {n} standing for 1..--user-count.  Session k uses user k modulo the number of users.
+with {n} standing for 1..--user-count.  Client c's k-th session uses user (c + k * clients)
+modulo the number of users; idle session k uses user k modulo the number of users, or with
+--grouped user k // (sessions / users).
 Exit status: 0 when no error was counted, 1 when some were, 2 for bad arguments."""
 
 
@@ -57,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--noop-interval", type=float, default=1.0)
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply")
     p.add_argument("--recv-size", type=int, default=256 * 1024)
+    p.add_argument("--grouped", action="store_true",
+                   help="idle: open each user's sessions together (default: users apart)")
     p.add_argument("--on-open", metavar="COMMAND",
                    help="idle: shell command to run once every session is open")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -77,7 +81,7 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         sessions=args.sessions, processes=max(1, min(processes, clients)),
         duration=args.duration, warmup=args.warmup, noop_interval=args.noop_interval,
         verify=args.verify, auth=args.auth, timeout=args.timeout, recv_size=args.recv_size,
-        on_open=args.on_open)
+        on_open=args.on_open, grouped=args.grouped)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,7 @@ class RunConfig:
     timeout: float = 30.0
     recv_size: int = 256 * 1024
     on_open: str | None = None  # idle: a shell command run once every session is open
+    grouped: bool = False  # idle: a user's sessions open one after another, not users apart
 
 
 @dataclass
@@ -125,6 +126,16 @@ class Slots:
         return not self.loop.sessions and self.loop.clock() >= self.loop.plan.deadline
 
 
+def idle_user(number: int, config: RunConfig) -> int:
+    """The user of idle session ``number``: spread (k mod users: a user's sessions are as far
+    apart as they can be, so each login may find the auth cache expired) or grouped (sessions
+    k, k+1, ... of one user open together, as a user's devices reconnecting after a restart)."""
+    users = len(config.users)
+    if config.grouped:
+        return number // -(-config.sessions // users) % users
+    return number % users
+
+
 class Holder:
     """The idle workload: open this process's sessions, at most ``width`` at a time, then hold
     them all for the duration while they NOOP."""
@@ -146,7 +157,7 @@ class Holder:
     def _next(self) -> None:
         if self.waiting:
             number = self.waiting.pop()
-            user = self.config.users[number % len(self.config.users)]
+            user = self.config.users[idle_user(number, self.config)]
             self.loop.spawn(WORKLOADS["idle"](user, self.loop.plan), self)
 
     def opened(self, session: Session) -> None:

@@ -12,6 +12,7 @@ import pytest
 from pop3d.bench import corpus
 from pop3d.bench.cli import config_from, parser
 from pop3d.bench.replies import OPENED, Reply, Sleep, Step
+from pop3d.bench.runner import RunConfig, idle_user
 from pop3d.bench.stats import Tally, percentile, summarize
 from pop3d.bench.users import pattern_users, read_users
 from pop3d.bench.workloads import WORKLOADS, Plan, Script, SessionFailed, User
@@ -157,3 +158,11 @@ def test_command_line_choices() -> None:
     idle = config_from(parser().parse_args(["idle", "--user-pattern", "u", "-n", "10000",
                                             "-p", "4", "--port", "1"]))
     assert (idle.processes, idle.sessions, idle.port) == (4, 10000, 1)
+
+
+def test_idle_sessions_spread_or_grouped_over_users() -> None:
+    users = tuple(pattern_users("u{n}", "p", 4))
+    spread = RunConfig("idle", "h", 1, users=users, sessions=10)
+    grouped = RunConfig("idle", "h", 1, users=users, sessions=10, grouped=True)
+    assert [idle_user(k, spread) for k in range(10)] == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+    assert [idle_user(k, grouped) for k in range(10)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
