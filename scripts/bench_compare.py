@@ -44,6 +44,7 @@ class Measurement:
     users: str = "small"  # "small" (the first 50) or "all"
     cache: bool = True  # auth cache on (30 s) or off
     tls: str = "plain"
+    warm_ttl: int = 0  # > 0: pop3d's cache_ttl, and every user logs in once before the run
 
 
 MEASUREMENTS = [
@@ -60,6 +61,9 @@ MEASUREMENTS = [
     Measurement("idle_stls", "idle over STLS", ("idle",), users="all", tls="starttls"),
     Measurement("idle_grouped", "idle over implicit TLS, each user's sessions opened together",
                 ("idle", "--grouped"), users="all", tls="tls"),
+    Measurement("idle_warm", "idle over implicit TLS, every user logged in just before "
+                "(pop3d auth cache_ttl 600 s)", ("idle",), users="all", tls="tls",
+                warm_ttl=600),
 ]
 
 
@@ -73,14 +77,14 @@ def toml_value(value: Any) -> str:
     return repr(value)
 
 
-def pop3d_config(base: Path, cache: bool) -> Path:
+def pop3d_config(base: Path, cache: bool, ttl: int = 30) -> Path:
     """The services configuration with the benchmark's listeners, workers and log."""
     with base.open("rb") as f:
         config = tomllib.load(f)
     config["server"].update({
         "listen": [f"127.0.0.1:{POP3D_PORTS[0]}"], "tls_listen": [f"127.0.0.1:{POP3D_PORTS[1]}"],
         "workers": 2, "worker_connections": 12000, "pidfile": str(BENCH / "run" / "pop3d.pid")})
-    config.setdefault("auth", {})["cache_ttl"] = 30 if cache else 0
+    config.setdefault("auth", {})["cache_ttl"] = ttl if cache else 0
     config.setdefault("logging", {})["file"] = str(BENCH / "pop3d.log")
     path = BENCH / ("pop3d.toml" if cache else "pop3d-nocache.toml")
     path.write_text("".join(
@@ -154,6 +158,10 @@ def run_one(m: Measurement, server: str, ports: tuple[int, int], args: argparse.
             " --children" if children else "")
         extra = ["-n", str(sessions), "-c", "200", "-p", "2", "-d", str(args.idle_hold),
                  "--noop-interval", "2", "--timeout", "120", "--on-open", probe]
+        if m.warm_ttl:
+            users_count = len(Path(users).read_text().split("\n")) - 1
+            pop3bench(["idle", *common, "-n", str(users_count), "-c", "32", "-p", "2", "-d", "1",
+                       "--timeout", "120"], out / f"{m.name}-{server}-prewarm.json")
         before = memory(pid, children)
         report = pop3bench([*m.args, *common, *extra], out / f"{m.name}-{server}.json")
         report["memory_before"] = before
@@ -271,7 +279,7 @@ def main() -> int:
             # Fresh servers for each idle run, so the memory before it is a clean baseline.
             wanted = (m.cache, m.name if m.name.startswith("idle") else "")
             if servers != wanted:
-                start_pop3d(pop3d_config(base, m.cache))
+                start_pop3d(pop3d_config(base, m.cache, m.warm_ttl or 30))
                 start_dovecot(base, m.cache)
                 servers = wanted
             for server, ports in (("pop3d", POP3D_PORTS), ("dovecot", DOVECOT_PORTS)):
