@@ -171,7 +171,10 @@ start() {
     write_maildirs
     write_config
     ulimit -n "$(ulimit -Hn)"  # many sessions: every one is a process with descriptors
-    dovecot -c "$DIR/dovecot.conf" || die "dovecot did not start; see $DIR/dovecot.log"
+    # The daemon must not keep our stdout and stderr open: a caller reading them (make | tail,
+    # a CI log) would wait for it to exit.  Its own messages go to its log.
+    dovecot -c "$DIR/dovecot.conf" </dev/null >>"$DIR/dovecot.log" 2>&1 ||
+        die "dovecot did not start; see $DIR/dovecot.log"
     for _ in $(seq 50); do
         (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
         sleep 0.1
