@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= conf/dev.toml
 PYTEST_ARGS ?=
 
-.PHONY: run test lint unit services migrate seed stop clean bench deb test-deb
+.PHONY: run test lint unit services migrate seed stop clean bench bench-setup dovecot deb test-deb
 
 $(VENV)/.installed: setup.py
 	scripts/bootstrap.sh
@@ -47,6 +47,15 @@ unit: $(VENV)/.installed
 
 bench: services
 	$(BIN)/python scripts/bench_protocol.py
+
+## pop3bench's users (BENCH_USERS, default 50) and corpus in var/bench/, through pop3d's CLI.
+BENCH_USERS ?= 50
+bench-setup: migrate
+	$(BIN)/python scripts/bench_setup.py -c $(CONFIG) --users $(BENCH_USERS)
+
+## A private Dovecot with the same users and mail (127.0.0.1:12120 plain/STLS, :12993 TLS).
+dovecot: bench-setup
+	POP3D_CONFIG=$(CONFIG) scripts/dovecot-bench.sh start
 
 ## Stop the private services (and a server started with `make run` in the background).
 stop:

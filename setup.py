@@ -27,5 +27,6 @@ setup(
             "opentelemetry-sdk>=1.20",  # the in-memory span exporter of the tracing tests
         ],
     },
-    entry_points={"console_scripts": ["pop3d = pop3d.cli:main"]},
+    entry_points={"console_scripts": ["pop3d = pop3d.cli:main",
+                                      "pop3bench = pop3d.bench.cli:main"]},
 )

@@ -39,6 +39,7 @@ LAYER_OF: dict[str, str] = {
     "pop3d.master.plan": "plan",  # the master's decisions: pure, so no IO (FORBIDDEN_STDLIB)
     "pop3d.config": "config",
     "pop3d.cli": "cli",
+    "pop3d.bench": "bench",  # pop3bench: a client for any POP3 server, stdlib only
 }
 
 MAY_IMPORT: dict[str, frozenset[str]] = {
@@ -62,6 +63,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "master": frozenset({"root", "master", "plan", "config", "log", "handoff", "heartbeat"}),
     "plan": frozenset({"root", "plan", "config"}),
     "config": frozenset({"root", "config"}),
+    "bench": frozenset({"bench"}),
     "cli": frozenset(
         {"root", "cli", "config", "master", "worker", "store", "auth", "log", "errors"}
         | {"adapters", "handoff", "heartbeat"}
