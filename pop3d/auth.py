@@ -175,6 +175,7 @@ class KeyAuthenticator:
         self._lock = threading.Lock()
         self._pending_touches: set[str] = set()
         self._last_flush = clock()
+        self._flights: dict[str, _Flight] = {}  # verifications running, by cache digest
 
     def authenticate(self, credentials: Credentials) -> Principal:
         """The principal, or AuthFailed ([AUTH]) / BackendUnavailable ([SYS/TEMP])."""
@@ -195,7 +196,7 @@ class KeyAuthenticator:
         if cached is False:
             raise AuthFailed("failure cached")
         try:
-            principal = self._verify(credentials)
+            principal = self._verify_once(digest, credentials)
         except AuthFailed:
             self._remember(digest, looked_up, False)
             raise
@@ -233,6 +234,33 @@ class KeyAuthenticator:
             log.error("last_used_at update dropped: %s", exc)
             return 0
         return len(ids)
+
+    def _verify_once(self, digest: str, credentials: Credentials) -> Principal:
+        """Verify, or wait for the same verification already running in this process.
+
+        A client opening several sessions at once (a phone and a desktop, a client with
+        parallel connections) sends the same key several times before any result is cached:
+        one bcrypt answers them all.  ``digest`` (the cache key, "" without a cache) names
+        the credentials exactly; the limits have counted every attempt already."""
+        if not digest:
+            return self._verify(credentials)
+        with self._lock:
+            flight = self._flights.get(digest)
+            leading = flight is None
+            if flight is None:
+                flight = self._flights[digest] = _Flight()
+        if not leading:
+            return flight.result()
+        try:
+            flight.principal = self._verify(credentials)
+            return flight.principal
+        except Pop3dError as error:
+            flight.error = error
+            raise
+        finally:
+            with self._lock:
+                del self._flights[digest]
+            flight.done.set()
 
     def _verify(self, credentials: Credentials) -> Principal:
         password = _octets(credentials.password)
@@ -325,6 +353,25 @@ class KeyAuthenticator:
     def _queue_touch(self, key_id: str) -> None:
         with self._lock:
             self._pending_touches.add(key_id)
+
+
+class _Flight:
+    """One verification others wait for: its principal, or the error it ended in."""
+
+    __slots__ = ("done", "error", "principal")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.principal: Principal | None = None
+        self.error: Pop3dError | None = None
+
+    def result(self) -> Principal:
+        self.done.wait()
+        if self.principal is not None:
+            return self.principal
+        if self.error is not None:  # a fresh error per waiter: tracebacks are not shared
+            raise type(self.error)(str(self.error))
+        raise BackendUnavailable("the verification this login waited for failed")
 
 
 def _tolerate_outage(what: str, call: Callable[[], T], fallback: T) -> T:

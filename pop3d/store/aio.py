@@ -268,7 +268,7 @@ class _Connection:
         self._used = True
         self._phase = "idle"
         self.deadline = None
-        self._watch(0)
+        self._watch(selectors.EVENT_READ)  # kept while idle: no system call per query
         self._pool._idle.append(self)
         if work is not None:
             work.finish()
@@ -277,7 +277,7 @@ class _Connection:
     def _idle(self) -> None:
         self._phase = "idle"
         self.deadline = None
-        self._watch(0)
+        self._watch(selectors.EVENT_READ)  # an idle connection reads only a close or a notice
         if self._work is not None:
             self._begin()
         else:

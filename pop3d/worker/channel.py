@@ -131,7 +131,7 @@ class Channel:
         "_handshake_wants", "_held",
         "_known_source", "_last_activity", "_out", "_out_bytes", "_parked", "_phase_started",
         "_proxy", "_proxy_seen", "_setup", "_stream", "_tls_after_flush", "client_ip", "host",
-        "implicit_tls", "phase", "session", "sock",
+        "implicit_tls", "phase", "session", "sock", "watched",
     )
 
     def __init__(self, setup: ChannelSetup, sock: socket.socket, client_ip: str, *,
@@ -143,6 +143,7 @@ class Channel:
         self.client_ip = client_ip
         self.implicit_tls = implicit_tls
         self.session: Session | None = None
+        self.watched = 0  # the selector events the host watches for it now: its bookkeeping
         self._phase_started = self._clock()
         self._connected = self._last_activity = self._phase_started
         # Output not yet sent: a few chunks at most (HIGH_WATER), so a list (56 octets empty)

@@ -245,17 +245,16 @@ class Worker(ChannelHost):
         """(Re-)register the channel's socket for the events it wants now."""
         if channel not in self.channels:
             return
-        events = channel.interest
-        try:
-            key = self.selector.get_key(channel.sock)
-        except KeyError:
-            if events:
-                self.selector.register(channel.sock, events, self._dispatcher(channel))
-            return
-        if not events:
+        events, watched = channel.interest, channel.watched
+        if events == watched:
+            return  # the common case: no system call
+        channel.watched = events
+        if not watched:
+            self.selector.register(channel.sock, events, self._dispatcher(channel))
+        elif not events:
             self.selector.unregister(channel.sock)
-        elif key.events != events:
-            self.selector.modify(channel.sock, events, key.data)
+        else:
+            self.selector.modify(channel.sock, events, self._dispatcher(channel))
 
     def _dispatcher(self, channel: Channel) -> Callable[[int], None]:
         return lambda mask: self._run(channel, lambda: channel.on_event(mask))
@@ -348,8 +347,10 @@ class Worker(ChannelHost):
         if channel not in self.channels:
             return
         self.channels.discard(channel)
-        with contextlib.suppress(KeyError, ValueError):  # not registered, or already closed
-            self.selector.unregister(channel.sock)
+        if channel.watched:
+            channel.watched = 0
+            with contextlib.suppress(KeyError, ValueError):  # the socket is already closed
+                self.selector.unregister(channel.sock)
         log.debug("connection from %s closed: %s", channel.client_ip, reason)
         if self._draining_until is None:
             self._set_accepting(True)

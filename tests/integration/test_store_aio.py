@@ -129,6 +129,24 @@ def test_a_connection_broken_between_jobs_is_replaced_and_the_job_retried(
     assert _value(again.outcome()) != pid
 
 
+def test_a_connection_the_server_closes_while_idle_is_dropped_without_spinning(
+        loop: LoopDriver, db: Database) -> None:
+    first = Job(single(Query("SELECT pg_backend_pid()")))
+    loop.complete(first)
+    db.run(lambda cur: cur.execute("SELECT pg_terminate_backend(%s)", (_value(first.outcome()),)))
+    events = 0
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # no job: only the server's goodbye to read
+        for key, mask in loop.selector.select(0.1):
+            key.data(mask)
+            events += 1
+    assert events <= 3  # the close is read once and the socket forgotten, not reported forever
+    assert not loop.selector.get_map()
+    again = Job(single(Query("SELECT 1")))
+    loop.complete(again)
+    assert _value(again.outcome()) == 1
+
+
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

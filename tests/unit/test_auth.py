@@ -447,3 +447,35 @@ def test_concurrent_logins_from_a_thread_pool(store: FakeStore, clock: FakeClock
     assert sorted(results) == ["k-ann"] * 10 + ["k-other"] * 10
     assert authenticator.flush_touches(force=True) == 2
     assert store.touched == [["k-ann", "k-other"]]
+
+
+@pytest.mark.parametrize("key", [KEY.key, "pk_wrongwrong_" + "x" * 43])
+def test_the_same_key_sent_at_once_is_verified_once(
+        store: FakeStore, monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    started = threading.Barrier(4)
+    checked: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def slow(password: bytes, hashed: bytes) -> bool:
+        checked.append(hashed)
+        threading.Event().wait(0.2)  # the other logins arrive meanwhile
+        return real(password, hashed)
+
+    monkeypatch.setattr(auth.bcrypt, "checkpw", slow)
+    authenticator = _cached(store, FakeCache())
+    outcomes: list[str] = []
+
+    def login() -> None:
+        started.wait()
+        try:
+            outcomes.append(authenticator.authenticate(_login("ann@example.com", key)).key_id)
+        except AuthFailed:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=login) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes == (["k-ann"] if key == KEY.key else ["refused"]) * 4
+    assert len(checked) == 1  # one bcrypt for the four
