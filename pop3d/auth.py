@@ -107,10 +107,11 @@ def cache_key(secret: bytes, scope: str, username: str, password: str) -> str:
 
 
 def seal(secret: bytes, digest: str, result: Principal | bool, generation: str,
-         expires: float) -> bytes:
+         sealed_at: float) -> bytes:
     """The cache entry for ``result`` under ``digest``: JSON, a dot, and an HMAC binding it to
-    the digest, so an entry can neither be made up nor moved to other credentials."""
-    fields: dict[str, object] = {"gen": generation, "exp": int(expires), "ok": False}
+    the digest, so an entry can neither be made up nor moved to other credentials.  It carries
+    the time it was sealed: each reader applies its own ``cache_ttl`` to it."""
+    fields: dict[str, object] = {"gen": generation, "at": int(sealed_at), "ok": False}
     if isinstance(result, Principal):
         fields.update(ok=True, user_id=result.user_id, key_id=result.key_id,
                       address=result.address)
@@ -118,15 +119,17 @@ def seal(secret: bytes, digest: str, result: Principal | bool, generation: str,
     return payload + b"." + _entry_mac(secret, digest, payload).encode()
 
 
-def unseal(secret: bytes, digest: str, entry: bytes, generation: str,
-           now: float) -> Principal | bool | None:
+def unseal(secret: bytes, digest: str, entry: bytes, generation: str, *, now: float,
+           ttl: float) -> Principal | bool | None:
     """The result sealed in ``entry``, or None (a miss) unless its HMAC is right, it was stored
-    for ``generation`` and it has not expired."""
+    for ``generation`` and sealed at most ``ttl`` seconds ago: a host whose ``cache_ttl`` was
+    lowered does not trust entries another host (or its former self) keeps for longer."""
     payload, _, mac = entry.rpartition(b".")
     if not hmac.compare_digest(mac, _entry_mac(secret, digest, payload).encode()):
         return None
     fields = json.loads(payload)
-    if fields["gen"] != generation or fields["exp"] < now:
+    sealed_at = fields.get("at")
+    if fields["gen"] != generation or not isinstance(sealed_at, int) or sealed_at < now - ttl:
         return None
     if fields["ok"] is not True:
         return False
@@ -316,7 +319,7 @@ class KeyAuthenticator:
             return None
         try:
             return unseal(self._cache_secret, digest, looked_up.entry, looked_up.generation,
-                          self._wall_clock())
+                          now=self._wall_clock(), ttl=self._cache_ttl)
         except (ValueError, TypeError, KeyError):
             log.warning("ignoring an unreadable auth cache entry")
             return None
@@ -327,7 +330,7 @@ class KeyAuthenticator:
         if self._cache is None or not looked_up.generation:
             return
         entry = seal(self._cache_secret, digest, result, looked_up.generation,
-                     self._wall_clock() + self._cache_ttl)
+                     self._wall_clock())
         with self._tracer.span("pop3.auth.cache.put"):
             _tolerate_outage("auth cache", functools.partial(
                 self._cache.put, digest, entry, self._cache_ttl), None)

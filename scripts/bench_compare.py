@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -57,6 +58,14 @@ MEASUREMENTS = [
                 ("poll", "-c", "16", "-p", "2")),
     Measurement("fresh", "fresh logins, auth cache off (16 clients, 2,000 users)",
                 ("login", "-c", "16", "-p", "2"), users="all", cache=False),
+    Measurement("storm", "NOOP of 400 established sessions during a storm of fresh logins "
+                "(auth cache off, 16 clients)", ("idle",), users="all", cache=False),
+    Measurement("poll_cold", "poll over 2,000 users (16 clients, auth cache_ttl 30 s: each "
+                "user comes back after the cache forgot it)", ("poll", "-c", "16", "-p", "2"),
+                users="all"),
+    Measurement("poll_ttl600", "poll over 2,000 users (16 clients, pop3d auth cache_ttl "
+                "600 s, every user logged in just before)", ("poll", "-c", "16", "-p", "2"),
+                users="all", warm_ttl=600),
     Measurement("idle_tls", "idle over implicit TLS", ("idle",), users="all", tls="tls"),
     Measurement("idle_stls", "idle over STLS", ("idle",), users="all", tls="starttls"),
     Measurement("idle_grouped", "idle over implicit TLS, each user's sessions opened together",
@@ -77,13 +86,14 @@ def toml_value(value: Any) -> str:
     return repr(value)
 
 
-def pop3d_config(base: Path, cache: bool, ttl: int = 30) -> Path:
+def pop3d_config(base: Path, cache: bool, ttl: int = 30, workers: int = 2) -> Path:
     """The services configuration with the benchmark's listeners, workers and log."""
     with base.open("rb") as f:
         config = tomllib.load(f)
     config["server"].update({
         "listen": [f"127.0.0.1:{POP3D_PORTS[0]}"], "tls_listen": [f"127.0.0.1:{POP3D_PORTS[1]}"],
-        "workers": 2, "worker_connections": 12000, "pidfile": str(BENCH / "run" / "pop3d.pid")})
+        "workers": workers, "worker_connections": 12000,
+        "pidfile": str(BENCH / "run" / "pop3d.pid")})
     config.setdefault("auth", {})["cache_ttl"] = ttl if cache else 0
     # Every benchmark client comes from 127.0.0.1: the per-address limits, meant for one
     # host among thousands, are lifted so that one address can stand for them all.
@@ -154,6 +164,14 @@ def run_one(m: Measurement, server: str, ports: tuple[int, int], args: argparse.
     port = ports[1] if m.tls == "tls" else ports[0]
     common = ["--port", str(port), "--users", users, "--tls", m.tls,
               "--cafile", str(ROOT / "var" / "tls" / "cert.pem")]
+    if m.warm_ttl and server == "pop3d":  # every user once: the run starts with all keys cached
+        users_count = len(Path(users).read_text().split("\n")) - 1
+        pop3bench(["idle", *common, "-n", str(users_count), "-c", "32", "-p", "2", "-d", "1",
+                   "--timeout", "120"], out / f"{m.name}-{server}-prewarm.json")
+        if m.args[0] == "idle":  # the cache stays warm in memcached; the workers start afresh
+            start_pop3d(BENCH / "pop3d.toml")
+    if m.name == "storm":
+        return storm(common, args, out / f"{m.name}-{server}")
     extra: list[str] = []
     if m.args[0] == "idle":
         sessions = args.idle_sessions if server == "pop3d" else args.dovecot_idle_sessions
@@ -163,10 +181,6 @@ def run_one(m: Measurement, server: str, ports: tuple[int, int], args: argparse.
             " --children" if children else "")
         extra = ["-n", str(sessions), "-c", "200", "-p", "2", "-d", str(args.idle_hold),
                  "--noop-interval", "2", "--timeout", "120", "--on-open", probe]
-        if m.warm_ttl:
-            users_count = len(Path(users).read_text().split("\n")) - 1
-            pop3bench(["idle", *common, "-n", str(users_count), "-c", "32", "-p", "2", "-d", "1",
-                       "--timeout", "120"], out / f"{m.name}-{server}-prewarm.json")
         before = memory(pid, children)
         report = pop3bench([*m.args, *common, *extra], out / f"{m.name}-{server}.json")
         report["memory_before"] = before
@@ -174,6 +188,20 @@ def run_one(m: Measurement, server: str, ports: tuple[int, int], args: argparse.
         return report
     extra = ["-d", str(args.duration), "--warmup", str(args.warmup)]
     return pop3bench([*m.args, *common, *extra], out / f"{m.name}-{server}.json")
+
+
+def storm(common: list[str], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """400 sessions held with a NOOP a second while, once they are all open, 16 clients log in
+    as fast as the server lets them: the NOOP latencies of the first during the second."""
+    logins = out.with_name(out.name + "-logins.json")
+    storm_command = " ".join(shlex.quote(str(a)) for a in [
+        BIN / "pop3bench", "login", *common, "-c", "16", "-p", "2", "-d", args.duration,
+        "--warmup", "2", "--json"]) + f" > {shlex.quote(str(logins))}"
+    report = pop3bench(["idle", *common, "-n", "400", "-c", "50", "-p", "2",
+                        "-d", str(args.duration + 5), "--noop-interval", "1", "--timeout", "120",
+                        "--on-open", storm_command], out.with_name(out.name + ".json"))
+    report["storm"] = json.loads(logins.read_text())
+    return report
 
 
 def _row(name: str, pop3d: float | None, dovecot: float | None, unit: str = "",
@@ -217,7 +245,25 @@ def table(m: Measurement, results: dict[str, Any]) -> str:
         rows.append(_row("**logins/s**", get(p, "logins_per_s"), get(d, "logins_per_s")))
         rows.append(_row("% of the bcrypt bound", *(None if r is None else
                          100 * r["logins_per_s"] / bound for r in (p, d)), " %", ratio=False))
-    if m.args[0] == "idle":
+    if m.name == "storm":
+        bound = results["cores"] / results["bcrypt_verify_s"]
+        storms = [None if r is None else r["storm"] for r in (p, d)]
+        rows.append(_row("**NOOP p99 (ms)** of the 400 held", _lat(p, "NOOP", "p99"),
+                         _lat(d, "NOOP", "p99"), ratio=False))
+        rows.append(_row("NOOP p50 (ms)", _lat(p, "NOOP", "p50"), _lat(d, "NOOP", "p50"),
+                         ratio=False))
+        rows.append(_row("NOOPs answered", *(None if r is None else
+                         r["latency_ms"]["NOOP"]["count"] for r in (p, d)), ratio=False))
+        rows.append(_row("storm: logins/s", get(storms[0], "logins_per_s"),
+                         get(storms[1], "logins_per_s")))
+        rows.append(_row("storm: % of the bcrypt bound", *(None if r is None else
+                         100 * r["logins_per_s"] / bound for r in storms), " %", ratio=False))
+        rows.append(_row("storm: login p99 (ms)", _lat(storms[0], "login", "p99"),
+                         _lat(storms[1], "login", "p99"), ratio=False))
+        rows.append(_row("errors (held, storm)", *(None if r is None else
+                         r["error_count"] + r["storm"]["error_count"] for r in (p, d)),
+                         ratio=False))
+    elif m.args[0] == "idle":
         rows.append(_row("sessions opened", get(p, "opened"), get(d, "opened"), ratio=False))
         rows.append(_row("opening took (s)", get(p, "open_s"), get(d, "open_s"), ratio=False))
         rows.append(_row("opened/s", get(p, "opens_per_s"), get(d, "opens_per_s")))
@@ -238,7 +284,8 @@ def table(m: Measurement, results: dict[str, Any]) -> str:
         for pct in ("p50", "p99"):
             rows.append(_row(f"{kind} {pct} (ms)", _lat(p, kind, pct), _lat(d, kind, pct),
                              ratio=False))
-    rows.append(_row("errors", get(p, "error_count"), get(d, "error_count"), ratio=False))
+    if m.name != "storm":
+        rows.append(_row("errors", get(p, "error_count"), get(d, "error_count"), ratio=False))
     rows.append(_row("pop3bench CPU (% of a core)", get(p, "client_cpu_pct"),
                      get(d, "client_cpu_pct"), ratio=False))
     return f"#### {m.title}\n\n" + "\n".join(rows) + "\n"
@@ -266,6 +313,7 @@ def main() -> int:
     parser.add_argument("--dovecot-idle-sessions", type=int, default=2000)
     parser.add_argument("--idle-hold", type=float, default=20.0)
     parser.add_argument("--servers", nargs="*", default=["pop3d", "dovecot"])
+    parser.add_argument("--workers", type=int, default=2, help="pop3d's worker processes")
     parser.add_argument("--tables", metavar="DIR", help="only print the tables of a past run")
     args = parser.parse_args()
     if args.tables:
@@ -278,13 +326,13 @@ def main() -> int:
     (BENCH / "users-small.txt").write_text("\n".join(lines[:SMALL_USERS]) + "\n")
     results: dict[str, Any] = {"load_before": os.getloadavg(), "cores": os.cpu_count(),
                                "bcrypt_verify_s": bcrypt_verify_seconds()}
-    servers: tuple[bool, str] | None = None
+    servers: tuple[bool, int, str] | None = None
     try:
         for m in [m for m in MEASUREMENTS if m.name in args.only]:
             # Fresh servers for each idle run, so the memory before it is a clean baseline.
-            wanted = (m.cache, m.name if m.name.startswith("idle") else "")
+            wanted = (m.cache, m.warm_ttl, m.name if m.args[0] == "idle" else "")
             if servers != wanted:
-                start_pop3d(pop3d_config(base, m.cache, m.warm_ttl or 30))
+                start_pop3d(pop3d_config(base, m.cache, m.warm_ttl or 30, args.workers))
                 start_dovecot(base, m.cache)
                 servers = wanted
             for server, ports in (("pop3d", POP3D_PORTS), ("dovecot", DOVECOT_PORTS)):

@@ -149,11 +149,12 @@ def test_cache_entries_and_generations_round_trip(client: MemcacheClient, ns: st
     digest = cache_key(SECRET, "pop3", "alice@example.com", "pk_x_y")
     first = cache.get("alice@example.com", digest)
     assert first.entry is None
-    entry = seal(SECRET, digest, ALICE, first.generation, time.time() + 30)
+    entry = seal(SECRET, digest, ALICE, first.generation, time.time())
     cache.put(digest, entry, 30)
     found = cache.get("Alice@Example.com", digest)
     assert found == CachedLogin(entry, first.generation)
-    assert unseal(SECRET, digest, found.entry or b"", found.generation, time.time()) == ALICE
+    assert unseal(SECRET, digest, found.entry or b"", found.generation,
+                  now=time.time(), ttl=30) == ALICE
     cache.bump(["alice@example.com"])
     assert int(cache.get("alice@example.com", digest).generation) == int(first.generation) + 1
 

@@ -248,23 +248,38 @@ PRINCIPAL = Principal(user_id="u-ann", key_id="k-ann", address="ann@example.com"
 def test_a_sealed_entry_opens_only_for_its_digest_generation_and_time(
         result: Principal | bool) -> None:
     digest = cache_key(SECRET, "pop3", "ann@example.com", KEY.key)
-    entry = seal(SECRET, digest, result, "7", expires=1030.0)
-    assert unseal(SECRET, digest, entry, "7", now=1000.0) == result
-    assert unseal(SECRET, digest, entry, "7", now=1030.5) is None  # expired
-    assert unseal(SECRET, digest, entry, "8", now=1000.0) is None  # generation bumped
-    assert unseal(SECRET, "0" * 64, entry, "7", now=1000.0) is None  # moved to other keys
-    assert unseal(b"x" * 32, digest, entry, "7", now=1000.0) is None  # another secret
+    entry = seal(SECRET, digest, result, "7", sealed_at=1000.0)
+    assert unseal(SECRET, digest, entry, "7", now=1030.0, ttl=30) == result
+    assert unseal(SECRET, digest, entry, "7", now=1030.5, ttl=30) is None  # expired
+    assert unseal(SECRET, digest, entry, "8", now=1000.0, ttl=30) is None  # generation bumped
+    assert unseal(SECRET, "0" * 64, entry, "7", now=1000.0, ttl=30) is None  # other keys
+    assert unseal(b"x" * 32, digest, entry, "7", now=1000.0, ttl=30) is None  # another secret
     assert KEY.key.encode() not in entry
+
+
+def test_each_reader_applies_its_own_ttl_to_an_entry() -> None:
+    digest = cache_key(SECRET, "pop3", "ann@example.com", KEY.key)
+    entry = seal(SECRET, digest, PRINCIPAL, "7", sealed_at=1000.0)  # by a host keeping 900 s
+    assert unseal(SECRET, digest, entry, "7", now=1100.0, ttl=900) == PRINCIPAL
+    assert unseal(SECRET, digest, entry, "7", now=1100.0, ttl=30) is None  # this host: 30 s
+
+
+def test_entries_of_the_former_format_are_misses() -> None:
+    digest = cache_key(SECRET, "pop3", "ann@example.com", KEY.key)
+    entry = seal(SECRET, digest, PRINCIPAL, "7", sealed_at=1000.0)
+    payload = entry.rpartition(b".")[0].replace(b'"at":1000', b'"exp":1030')
+    former = payload + b"." + auth._entry_mac(SECRET, digest, payload).encode()
+    assert unseal(SECRET, digest, former, "7", now=1000.0, ttl=30) is None
 
 
 def test_entries_written_without_the_secret_are_misses() -> None:
     digest = cache_key(SECRET, "pop3", "ann@example.com", "wrong")
-    forged_ok = b'{"address":"ann@example.com","exp":9999999999,"gen":"7","key_id":"k-ann",' \
+    forged_ok = b'{"address":"ann@example.com","at":1000,"gen":"7","key_id":"k-ann",' \
                 b'"ok":true,"user_id":"u-ann"}'
-    assert unseal(SECRET, digest, forged_ok, "7", now=1000.0) is None  # no MAC at all
-    assert unseal(SECRET, digest, forged_ok + b"." + b"0" * 64, "7", now=1000.0) is None
-    tampered = seal(SECRET, digest, False, "7", 1030.0).replace(b'"ok":false', b'"ok":true')
-    assert unseal(SECRET, digest, tampered, "7", now=1000.0) is None
+    assert unseal(SECRET, digest, forged_ok, "7", now=1000.0, ttl=30) is None  # no MAC at all
+    assert unseal(SECRET, digest, forged_ok + b"." + b"0" * 64, "7", now=1000.0, ttl=30) is None
+    tampered = seal(SECRET, digest, False, "7", 1000.0).replace(b'"ok":false', b'"ok":true')
+    assert unseal(SECRET, digest, tampered, "7", now=1000.0, ttl=30) is None
 
 
 def test_results_are_cached_both_ways(store: FakeStore) -> None:
