@@ -12,8 +12,10 @@ the slot with ``cas`` (a negative expiry), so it never frees a slot someone else
 since.
 
 Slots expire ``slot_ttl`` seconds after they were last written.  The worker calls
-:meth:`MemcacheRegistry.refresh_all` about every ``slot_ttl / 2`` seconds to extend the slots
-of its live sessions; a host that disappears stops refreshing and its slots lapse.  Expiry is
+:meth:`MemcacheRegistry.refresh_if_due` once a second, which extends the slots of its live
+sessions one index shard group at a time (``REFRESH_STEPS`` groups), so that every slot is
+rewritten about every ``slot_ttl / 2`` seconds; a host that disappears stops refreshing and
+its slots lapse.  Expiry is
 memcached's own clock, so clock skew between hosts does not matter.
 
 A SIGKILLed worker cannot release anything, so each process also keeps a session index:
@@ -45,6 +47,10 @@ log = logging.getLogger(__name__)
 DEFAULT_REFRESH_INTERVAL = 60  # seconds between refresh_all calls of a worker
 DEFAULT_SLOT_TTL = 2 * DEFAULT_REFRESH_INTERVAL  # one missed refresh is forgiven, two are not
 INDEX_SHARDS = 256  # a worker with 5000 sessions rewrites ~20 entries (~1 kB) per change
+# A refresh is pure-Python work holding the GIL (30 ms for 5,000 slots): done at once, the
+# worker's loop waits behind it and held sessions' commands take 100 ms and more.  In 32
+# steps, one every slot_ttl / 64 seconds, each takes about 1 ms.
+REFRESH_STEPS = 32
 CLAIM_ROUNDS = 3  # tries of a slot (gets and cas) before a contended release gives up
 WINDOW = 32  # slots read in one round trip when the first choice is taken
 WARN_INTERVAL = 60.0  # seconds between "memcached is down" warnings
@@ -107,7 +113,9 @@ class MemcacheRegistry:
         self._ns = key_part(namespace)
         self._slot_ttl = slot_ttl
         self._refresh_interval = slot_ttl / 2
-        self._next_refresh = clock() + self._refresh_interval
+        self._step_interval = self._refresh_interval / REFRESH_STEPS
+        self._next_refresh = clock() + self._step_interval
+        self._next_step = 0
         self._warn_interval = warn_interval
         self._clock = clock
         self._last_warning = -math.inf
@@ -166,14 +174,19 @@ class MemcacheRegistry:
             return self._refresh(held) if held else 0
 
     def refresh_if_due(self) -> int | None:
-        """:meth:`refresh_all` once ``slot_ttl / 2`` seconds have passed since the last time,
-        else None: cheap enough for the worker's once-a-second housekeeping."""
+        """Refresh the next group of index shards when its turn has come (every
+        ``slot_ttl / 2 / REFRESH_STEPS`` seconds, so each slot every ``slot_ttl / 2``); how
+        many of that group's slots are still held, or None when no group was due.  Cheap
+        enough for the worker's once-a-second housekeeping."""
         now = self._clock()
         with self._lock:
             if now < self._next_refresh:
                 return None
-            self._next_refresh = now + self._refresh_interval
-        return self.refresh_all()
+            self._next_refresh += self._step_interval  # on schedule, whatever the ticks
+            step, self._next_step = self._next_step, (self._next_step + 1) % REFRESH_STEPS
+            held = {sid: h for shard, entries in self._shards.items()
+                    if shard[1] % REFRESH_STEPS == step for sid, h in entries.items()}
+            return self._refresh(held) if held else 0
 
     def release_worker(self, prefix: str) -> int:
         """Free every slot indexed for the worker whose session ids start with ``prefix``

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 import pytest
 
 from pop3d.adapters.keys import address_key, canonical_ip, key_part
-from pop3d.adapters.registry import INDEX_SHARDS, MemcacheRegistry, worker_prefix
+from pop3d.adapters.registry import INDEX_SHARDS, REFRESH_STEPS, MemcacheRegistry, worker_prefix
 from pop3d.errors import BackendUnavailable
 
 
@@ -238,13 +238,28 @@ def test_nothing_raises_from_release_or_refresh_when_memcached_is_down() -> None
     assert reg.release_worker("h:7:") == 0
 
 
-def test_refresh_if_due_runs_every_half_ttl() -> None:
+def test_refresh_if_due_rewrites_every_slot_each_half_ttl_a_small_group_at_a_time() -> None:
     store = MemoryStore()
     now = [1000.0]
     reg = MemcacheRegistry(store, slot_ttl=120, clock=lambda: now[0])
-    assert reg.acquire("u1", "h:7:1", 1)
-    ran = []
-    for t in (1000.0, 1059.0, 1060.0, 1061.0, 1119.9, 1120.0):
-        now[0] = t
-        ran.append(reg.refresh_if_due())
-    assert ran == [None, None, 1, None, None, 1]
+    sessions = [f"h:7:{n}" for n in range(640)]
+    for n, session in enumerate(sessions):
+        assert reg.acquire(f"u{n}", session, 1)
+    slots = {session: next(k for k, (v, _) in store.data.items() if v == session.encode()
+                           and ":reg:w:" not in k) for session in sessions}
+    last_written = {s: store.data[k][1] for s, k in slots.items()}
+    refreshed_at: dict[str, list[float]] = {s: [] for s in sessions}
+    largest_group = 0
+    for tick in range(1, 121):  # the worker's housekeeping: once a second for two minutes
+        now[0] = 1000.0 + tick
+        held = reg.refresh_if_due()
+        group = [s for s, k in slots.items() if store.data[k][1] != last_written[s]]
+        for session in group:
+            refreshed_at[session].append(now[0])
+            last_written[session] = store.data[slots[session]][1]
+        assert held == (None if held is None else len(group))
+        largest_group = max(largest_group, len(group))
+    # Each slot is rewritten once per half TTL (60 s), never all of them at once.
+    assert all(len(times) == 2 and 55 <= times[1] - times[0] <= 65
+               for times in refreshed_at.values())
+    assert largest_group <= 3 * len(sessions) // REFRESH_STEPS
