@@ -226,6 +226,25 @@ def _per_session(report: dict[str, Any] | None, key: str) -> float | None:
     return float(grown / report["opened"])
 
 
+def _storm_rows(p: dict[str, Any] | None, d: dict[str, Any] | None, bound: float) -> list[str]:
+    """The held sessions' NOOP latencies, then what the storm of logins around them did."""
+    storms = [None if r is None else r["storm"] for r in (p, d)]
+    return [
+        _row("**NOOP p99 (ms)** of the 400 held", _lat(p, "NOOP", "p99"), _lat(d, "NOOP", "p99"),
+             ratio=False),
+        _row("NOOP p50 (ms)", _lat(p, "NOOP", "p50"), _lat(d, "NOOP", "p50"), ratio=False),
+        _row("NOOPs answered", *(None if r is None else r["latency_ms"]["NOOP"]["count"]
+                                 for r in (p, d)), ratio=False),
+        _row("storm: logins/s", *(None if r is None else r["logins_per_s"] for r in storms)),
+        _row("storm: % of the bcrypt bound", *(None if r is None else
+             100 * r["logins_per_s"] / bound for r in storms), " %", ratio=False),
+        _row("storm: login p99 (ms)", _lat(storms[0], "login", "p99"),
+             _lat(storms[1], "login", "p99"), ratio=False),
+        _row("errors (held, storm)", *(None if r is None else
+             r["error_count"] + r["storm"]["error_count"] for r in (p, d)), ratio=False),
+    ]
+
+
 def table(m: Measurement, results: dict[str, Any]) -> str:
     """One Markdown table: pop3d, Dovecot and the ratio of each figure."""
     p, d = results.get(f"{m.name}/pop3d"), results.get(f"{m.name}/dovecot")
@@ -246,23 +265,7 @@ def table(m: Measurement, results: dict[str, Any]) -> str:
         rows.append(_row("% of the bcrypt bound", *(None if r is None else
                          100 * r["logins_per_s"] / bound for r in (p, d)), " %", ratio=False))
     if m.name == "storm":
-        bound = results["cores"] / results["bcrypt_verify_s"]
-        storms = [None if r is None else r["storm"] for r in (p, d)]
-        rows.append(_row("**NOOP p99 (ms)** of the 400 held", _lat(p, "NOOP", "p99"),
-                         _lat(d, "NOOP", "p99"), ratio=False))
-        rows.append(_row("NOOP p50 (ms)", _lat(p, "NOOP", "p50"), _lat(d, "NOOP", "p50"),
-                         ratio=False))
-        rows.append(_row("NOOPs answered", *(None if r is None else
-                         r["latency_ms"]["NOOP"]["count"] for r in (p, d)), ratio=False))
-        rows.append(_row("storm: logins/s", get(storms[0], "logins_per_s"),
-                         get(storms[1], "logins_per_s")))
-        rows.append(_row("storm: % of the bcrypt bound", *(None if r is None else
-                         100 * r["logins_per_s"] / bound for r in storms), " %", ratio=False))
-        rows.append(_row("storm: login p99 (ms)", _lat(storms[0], "login", "p99"),
-                         _lat(storms[1], "login", "p99"), ratio=False))
-        rows.append(_row("errors (held, storm)", *(None if r is None else
-                         r["error_count"] + r["storm"]["error_count"] for r in (p, d)),
-                         ratio=False))
+        rows += _storm_rows(p, d, results["cores"] / results["bcrypt_verify_s"])
     elif m.args[0] == "idle":
         rows.append(_row("sessions opened", get(p, "opened"), get(d, "opened"), ratio=False))
         rows.append(_row("opening took (s)", get(p, "open_s"), get(d, "open_s"), ratio=False))

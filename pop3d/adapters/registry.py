@@ -15,8 +15,8 @@ Slots expire ``slot_ttl`` seconds after they were last written.  The worker call
 :meth:`MemcacheRegistry.refresh_if_due` once a second, which extends the slots of its live
 sessions one index shard group at a time (``REFRESH_STEPS`` groups), so that every slot is
 rewritten about every ``slot_ttl / 2`` seconds; a host that disappears stops refreshing and
-its slots lapse.  Expiry is
-memcached's own clock, so clock skew between hosts does not matter.
+its slots lapse.  Expiry is memcached's own clock, so clock skew between hosts does not
+matter.
 
 A SIGKILLed worker cannot release anything, so each process also keeps a session index:
 ``<ns>:reg:w:<host:pid:>#<k>`` (k < INDEX_SHARDS, by a hash of the session id) lists the
@@ -44,7 +44,7 @@ from pop3d.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REFRESH_INTERVAL = 60  # seconds between refresh_all calls of a worker
+DEFAULT_REFRESH_INTERVAL = 60  # seconds in which a worker rewrites every slot it holds
 DEFAULT_SLOT_TTL = 2 * DEFAULT_REFRESH_INTERVAL  # one missed refresh is forgiven, two are not
 INDEX_SHARDS = 256  # a worker with 5000 sessions rewrites ~20 entries (~1 kB) per change
 # A refresh is pure-Python work holding the GIL (30 ms for 5,000 slots): done at once, the
