@@ -187,7 +187,11 @@ mc_start() {
 
 mc_stop() {
     if mc_running; then
-        kill "$(cat "$MC_PIDFILE")"
+        local pid _
+        pid=$(cat "$MC_PIDFILE")
+        kill "$pid"
+        # Gone, and its port free, before we say so: a start right after must find it free.
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         log "memcached stopped"
     fi
     rm -f "$MC_PIDFILE"
