@@ -459,12 +459,16 @@ class Channel:
             outcome = exc
         else:
             if isinstance(item, StoreRequest):
-                self._parked = True
-                self.host.submit_store(self, item)
+                self._park(item)
                 return
             outcome = item
         self._await = None
         self._apply(awaited.resume(outcome))
+
+    def _park(self, request: StoreRequest) -> None:
+        """Hand ``request`` to the worker; nothing is pulled until :meth:`on_store_done`."""
+        self._parked = True
+        self.host.submit_store(self, request)
 
     def _queue(self, send: Send) -> None:
         if isinstance(send.data, bytes | bytearray | memoryview):
@@ -491,8 +495,7 @@ class Channel:
                 self._close_after_flush = "message body failed mid-stream"
             else:
                 if isinstance(chunk, StoreRequest):
-                    self._parked = True
-                    self.host.submit_store(self, chunk)
+                    self._park(chunk)
                 else:
                     self._append(chunk)
 

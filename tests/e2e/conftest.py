@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -265,14 +266,35 @@ def world_readable_dir() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def spare_loopback() -> str:
+    """A loopback source address (127.0.0.0/8 all reaches this host) no other test is likely to
+    use: per-address counters and lockouts live in the shared memcached, where other tests and
+    earlier runs count theirs."""
+    return f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
+
+
+@contextlib.contextmanager
+def udp_listener(timeout: float) -> Iterator[socket.socket]:
+    """A UDP socket on loopback standing in for statsd; ``recv`` gives up after ``timeout``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(timeout)
+    with sock:
+        yield sock
+
+
 @pytest.fixture
 def statsd_listener() -> Iterator[socket.socket]:
     """A UDP socket standing in for statsd (datagrams arrive within 0.2 s or not at all)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.2)
-    yield sock
-    sock.close()
+    with udp_listener(0.2) as sock:
+        yield sock
+
+
+@pytest.fixture(scope="module")
+def module_statsd() -> Iterator[socket.socket]:
+    """The same, for a module's shared server (0.3 s: several workers send to it)."""
+    with udp_listener(0.3) as sock:
+        yield sock
 
 
 def statsd_lines(sock: socket.socket) -> list[str]:

@@ -6,7 +6,6 @@ around, its registry slots lapse within the slot TTL, and it rejoins when it ret
 from __future__ import annotations
 
 import os
-import random
 import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 from pymemcache.client.base import Client as MemcacheClient
 
-from .conftest import MasterHandle, default_settings, launch, merge, wait_until
+from .conftest import MasterHandle, default_settings, launch, merge, spare_loopback, wait_until
 from .scale_fixtures import HAProxy, host_settings, ports_free_on
 from .server_fixtures import Account, Client, MailStore, message, server_settings
 
@@ -106,12 +105,6 @@ def pool(tmp_path_factory: pytest.TempPathFactory, services: dict[str, str],
             handle.stop()
 
 
-def client_address() -> str:
-    """A loopback source address of this test's own: the lockout counters live in the shared
-    memcached, where other tests (and earlier runs) count their failures."""
-    return f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
-
-
 def login_lines(host: MasterHandle, account: Account) -> list[str]:
     return [line for line in host.log_text().splitlines()
             if f" login user={account.address} " in line]
@@ -119,7 +112,7 @@ def login_lines(host: MasterHandle, account: Account) -> list[str]:
 
 def test_clients_log_in_on_both_hosts_under_their_own_address(pool: Pool,
                                                                mail_store: MailStore):
-    source = client_address()
+    source = spare_loopback()
     for server, host in pool.hosts.items():
         account = mail_store.account([message(f"for {server}")])
         with pool.greeted_on(server, source) as client:
@@ -132,7 +125,7 @@ def test_clients_log_in_on_both_hosts_under_their_own_address(pool: Pool,
 
 def test_the_session_limit_holds_across_both_hosts(pool: Pool, mail_store: MailStore):
     account = mail_store.account([message("one session at a time")])
-    source = client_address()
+    source = spare_loopback()
     with pool.greeted_on("pop1", source) as first:
         first.login(account)
         with pool.greeted_on("pop2", source) as second:
@@ -147,7 +140,7 @@ def test_failed_logins_lock_out_the_real_client_address(pool: Pool, mail_store: 
     """Both clients reach pop3d from HAProxy's address; only the PROXY header tells them apart,
     and only the one that failed is refused (max_failures = 2)."""
     account = mail_store.account([message("locked out")])
-    failing, bystander = client_address(), client_address()
+    failing, bystander = spare_loopback(), spare_loopback()
     for server in ("pop1", "pop2"):  # the count is shared by the hosts
         with pool.greeted_on(server, failing) as client:
             client.command(f"USER {account.address}")
@@ -165,7 +158,7 @@ def test_a_drained_host_finishes_its_sessions_and_rejoins(pool: Pool, mail_store
     """Removing a host: drain it in HAProxy, TERM its master; the session on it goes on to its
     QUIT, and a restarted host gets new sessions again once it is set ready."""
     account = mail_store.account([message("kept"), message("deleted on the drained host")])
-    source = client_address()
+    source = spare_loopback()
     with pool.greeted_on("pop1", source) as session:
         session.login(account)
         for backend in ("pop3d", "pop3d_tls"):
@@ -192,7 +185,7 @@ def test_a_killed_host_is_routed_around_and_rejoins(pool: Pool, mail_store: Mail
                                                      services: dict[str, str]):
     survivor_account = mail_store.account([message("on the survivor")])
     orphan = mail_store.account([message("on the host that dies")])
-    source = client_address()
+    source = spare_loopback()
     with pool.greeted_on("pop2", source) as survivor, pool.greeted_on("pop1", source) as doomed:
         survivor.login(survivor_account)
         doomed.login(orphan)

@@ -18,11 +18,10 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from .conftest import MasterHandle, statsd_lines, wait_until
+from .conftest import MasterHandle, spare_loopback, statsd_lines, wait_until
 from .server_fixtures import Client, MailStore, message, rss_kib, socket_owner, tls_port
 
 pytestmark = pytest.mark.e2e
@@ -34,32 +33,18 @@ TLS_REQUIRED = b"-ERR [AUTH] Plaintext login refused: TLS required\r\n"
 GROWTH_BOUND_KIB = 4 * 1024  # "a few megabytes": what a worker may grow under the flood
 
 
-def loopback() -> str:
-    """A loopback address no other test uses (127.0.0.0/8 all reaches this host)."""
-    return f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
-
-
 def ipv6_prefix() -> str:
     """A /64 of the documentation range no other test uses, as ``2001:db8:x:y:``."""
     return f"2001:db8:{random.randint(1, 0xffff):x}:{random.randint(1, 0xffff):x}:"
 
 
 @pytest.fixture(scope="module")
-def statsd() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.3)
-    yield sock
-    sock.close()
-
-
-@pytest.fixture(scope="module")
-def guarded(start_module_server, statsd: socket.socket) -> MasterHandle:
+def guarded(start_module_server, module_statsd: socket.socket) -> MasterHandle:
     return start_module_server({
         "server": {"workers": 2, "plaintext_networks": ["127.0.0.0/8"]},
         "limits": {"max_connections_per_address": MAX_CONNECTIONS,
                    "login_deadline": LOGIN_DEADLINE, "idle_timeout": 30},
-        "statsd": {"enabled": True, "host": "127.0.0.1", "port": statsd.getsockname()[1]},
+        "statsd": {"enabled": True, "host": "127.0.0.1", "port": module_statsd.getsockname()[1]},
     })
 
 
@@ -115,10 +100,11 @@ def test_a_pipelining_client_that_reads_little_cannot_grow_its_worker(
     of the replies, through a small receive window, so the server's writes drain its output a
     little at a time (the worker grew by 6-8 MB before reading stopped at the unparsed bound)."""
     account = mail_store.account([message("flood")])
-    with Client.greeted(guarded.port, source=loopback()) as warm_up:  # the worker's first login
+    # The worker's first login, before measuring it:
+    with Client.greeted(guarded.port, source=spare_loopback()) as warm_up:
         warm_up.login(account)
         warm_up.command("QUIT")
-    client = Client.greeted(guarded.port, source=loopback(), receive_buffer=4096)
+    client = Client.greeted(guarded.port, source=spare_loopback(), receive_buffer=4096)
     client.login(account)
     sent, growth = flooded_worker(guarded, client, b"CAPA\r\n" * 10922)
     assert sent > 4 * 1024 * 1024  # the kernel's buffers took a few MB: the worker did not
@@ -142,15 +128,15 @@ def test_sasl_exchanges_are_bounded_the_same_way(proxied: MasterHandle) -> None:
 
 
 def test_one_address_cannot_take_more_than_its_connections(guarded: MasterHandle,
-                                                           statsd: socket.socket) -> None:
-    source = loopback()
-    statsd_lines(statsd)  # what earlier tests sent
+                                                           module_statsd: socket.socket) -> None:
+    source = spare_loopback()
+    statsd_lines(module_statsd)  # what earlier tests sent
     held = [Client.greeted(guarded.port, source=source) for _ in range(MAX_CONNECTIONS)]
     with Client.connect(guarded.port, source=source) as refused:
         assert refused.line() == REFUSED
         assert refused.closed_by_server()
-    assert "pop3.connections.refused:1|c" in statsd_lines(statsd)
-    with Client.greeted(guarded.port, source=loopback()):  # everyone else is served
+    assert "pop3.connections.refused:1|c" in statsd_lines(module_statsd)
+    with Client.greeted(guarded.port, source=spare_loopback()):  # everyone else is served
         pass
     held.pop().close()
 
@@ -164,7 +150,7 @@ def test_one_address_cannot_take_more_than_its_connections(guarded: MasterHandle
 
 
 def test_a_killed_worker_gives_its_connections_back(guarded: MasterHandle) -> None:
-    source = loopback()
+    source = spare_loopback()
     held = [Client.greeted(guarded.port, source=source) for _ in range(MAX_CONNECTIONS)]
     owners = [socket_owner(c, guarded.worker_pids()) for c in held]
     victim = owners[0]
@@ -239,7 +225,7 @@ def test_tls_handshakes_in_progress_are_bounded_per_address(
 
 
 def test_a_login_has_a_deadline_whatever_the_client_sends(guarded: MasterHandle) -> None:
-    with Client.greeted(guarded.port, source=loopback()) as client:
+    with Client.greeted(guarded.port, source=spare_loopback()) as client:
         started = time.monotonic()
         answered = 0
         with contextlib.suppress(OSError):

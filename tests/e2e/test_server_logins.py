@@ -20,7 +20,7 @@ from pop3d.auth import cache_key
 from pop3d.config import Address
 from pop3d.store import Accounts
 
-from .conftest import MasterHandle, statsd_lines
+from .conftest import MasterHandle, spare_loopback, statsd_lines
 from .server_fixtures import Account, Client, MailStore, message
 
 pytestmark = pytest.mark.e2e
@@ -30,22 +30,9 @@ WRONG = b"-ERR [AUTH] Authentication failed\r\n"
 SECRET = b"0123456789abcdef" * 3
 
 
-def loopback() -> str:
-    return f"127.{random.randint(64, 250)}.{random.randint(1, 250)}.{random.randint(2, 250)}"
-
-
-@pytest.fixture(scope="module")
-def statsd() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.3)
-    yield sock
-    sock.close()
-
-
 @pytest.fixture(scope="module")
 def gate(start_module_server, tmp_path_factory: pytest.TempPathFactory,
-         statsd: socket.socket) -> MasterHandle:
+         module_statsd: socket.socket) -> MasterHandle:
     secret = tmp_path_factory.mktemp("secret") / "secret"
     secret.write_bytes(SECRET)
     secret.chmod(0o600)
@@ -53,7 +40,7 @@ def gate(start_module_server, tmp_path_factory: pytest.TempPathFactory,
         "server": {"workers": 2, "plaintext_networks": ["127.0.0.0/8"]},
         "auth": {"max_failures": MAX_FAILURES, "lockout": 60, "verify_budget": BUDGET,
                  "verify_window": 60, "cache_ttl": 30, "secret_file": str(secret)},
-        "statsd": {"enabled": True, "host": "127.0.0.1", "port": statsd.getsockname()[1]},
+        "statsd": {"enabled": True, "host": "127.0.0.1", "port": module_statsd.getsockname()[1]},
     })
 
 
@@ -91,17 +78,17 @@ def test_failures_of_one_user_never_lock_out_a_neighbour(gate: MasterHandle,
                                                          mail_store: MailStore) -> None:
     """The issue's case: eight wrong keys for one user from an address (a NAT)."""
     typo, neighbour = mail_store.account(), mail_store.account()
-    nat = loopback()
+    nat = spare_loopback()
     fail_times(gate, nat, typo.address, 8)
     assert logs_in(gate, nat, neighbour)  # a valid key of someone else behind the same NAT
     assert log_in(gate, nat, typo.address, typo.key) == WRONG  # locked: same reply as a typo
-    assert logs_in(gate, loopback(), typo)  # the same user from elsewhere
+    assert logs_in(gate, spare_loopback(), typo)  # the same user from elsewhere
 
 
 def test_the_operator_unlocks_a_user_or_an_address(gate: MasterHandle,
                                                    mail_store: MailStore) -> None:
     ann, bob = mail_store.account(), mail_store.account()
-    office, home = loopback(), loopback()
+    office, home = spare_loopback(), spare_loopback()
     fail_times(gate, office, ann.address, MAX_FAILURES)
     fail_times(gate, home, ann.address, MAX_FAILURES)
     assert not logs_in(gate, office, ann)
@@ -110,7 +97,7 @@ def test_the_operator_unlocks_a_user_or_an_address(gate: MasterHandle,
     assert result.stdout == f"unlocked {ann.address} ({ann.address}) from every address\n"
     assert logs_in(gate, office, ann)
     assert logs_in(gate, home, ann)
-    elsewhere = loopback()
+    elsewhere = spare_loopback()
     fail_times(gate, elsewhere, bob.address, MAX_FAILURES)
     assert not logs_in(gate, elsewhere, bob)
     result = gate.cli("unlock", "--address", elsewhere)
@@ -122,24 +109,24 @@ def test_the_operator_unlocks_a_user_or_an_address(gate: MasterHandle,
 def test_an_address_is_throttled_by_its_budget_but_a_known_key_still_works(
         gate: MasterHandle, mail_store: MailStore) -> None:
     regular, newcomer = mail_store.account(), mail_store.account()
-    nat = loopback()
+    nat = spare_loopback()
     assert logs_in(gate, nat, regular)  # one fresh verification; now in the auth cache
     for n in range(BUDGET - 1):  # someone sprays other names: one verification each
         assert log_in(gate, nat, f"spray{n}@example.com", "pk_wrong_key") == WRONG
     assert log_in(gate, nat, newcomer.address, newcomer.key) == WRONG  # throttled
     assert logs_in(gate, nat, regular)  # known good: never refused for the others
-    assert logs_in(gate, loopback(), newcomer)
+    assert logs_in(gate, spare_loopback(), newcomer)
     gate.cli("unlock", "--address", nat)
     assert logs_in(gate, nat, newcomer)
 
 
 def test_parallel_attempts_cannot_slip_through_together(gate: MasterHandle,
                                                         mail_store: MailStore,
-                                                        statsd: socket.socket) -> None:
+                                                        module_statsd: socket.socket) -> None:
     """Twelve wrong keys at the same moment over twelve connections (on both workers): the
     count is taken before each verification, so exactly MAX_FAILURES are verified."""
-    target, source, attempts = mail_store.account(), loopback(), 12
-    statsd_lines(statsd)  # what earlier tests sent
+    target, source, attempts = mail_store.account(), spare_loopback(), 12
+    statsd_lines(module_statsd)  # what earlier tests sent
     clients = [Client.greeted(gate.port, source=source) for _ in range(attempts)]
     for client in clients:
         assert client.command(f"USER {target.address}").startswith(b"+OK")
@@ -158,7 +145,7 @@ def test_parallel_attempts_cannot_slip_through_together(gate: MasterHandle,
     for client in clients:
         client.close()
     assert replies == [WRONG] * attempts
-    locked = sum(int(line.split(":")[1].split("|")[0]) for line in statsd_lines(statsd)
+    locked = sum(int(line.split(":")[1].split("|")[0]) for line in statsd_lines(module_statsd)
                  if line.startswith("pop3.auth.locked_out:"))
     assert locked == attempts - MAX_FAILURES
     assert gate.log_text().count(f"from {source} for up to 60 s") == 1  # logged once
@@ -173,25 +160,25 @@ def test_revoking_a_key_ends_its_logins_at_once_under_every_name(
     alias = f"alias-{account.address}"
     Accounts(mail_store.db).add_alias(account.address, alias)
     for name in (account.address, alias):  # both cached as good now
-        assert logs_in(gate, loopback(), account, name)
-        assert logs_in(gate, loopback(), account, name)
+        assert logs_in(gate, spare_loopback(), account, name)
+        assert logs_in(gate, spare_loopback(), account, name)
     result = gate.cli("key", "revoke", account.key[:13])
     assert (result.returncode, result.stdout) == (0, f"revoked {account.key[:13]}\n")
     for name in (account.address, alias):
-        assert log_in(gate, loopback(), name, account.key) == WRONG
+        assert log_in(gate, spare_loopback(), name, account.key) == WRONG
 
 
 def test_disabling_a_user_and_changing_scopes_apply_at_once(gate: MasterHandle,
                                                            mail_store: MailStore) -> None:
     disabled, rescoped = mail_store.account(), mail_store.account()
-    assert logs_in(gate, loopback(), disabled)
+    assert logs_in(gate, spare_loopback(), disabled)
     assert gate.cli("user", "disable", disabled.address).returncode == 0
-    assert not logs_in(gate, loopback(), disabled)
-    assert logs_in(gate, loopback(), rescoped)
+    assert not logs_in(gate, spare_loopback(), disabled)
+    assert logs_in(gate, spare_loopback(), rescoped)
     assert gate.cli("key", "scopes", rescoped.key[:13], "--scope", "imap").returncode == 0
-    assert not logs_in(gate, loopback(), rescoped)
+    assert not logs_in(gate, spare_loopback(), rescoped)
     assert gate.cli("key", "scopes", rescoped.key[:13], "--scope", "pop3").returncode == 0
-    assert logs_in(gate, loopback(), rescoped)
+    assert logs_in(gate, spare_loopback(), rescoped)
 
 
 # --- 5. the cache cannot be forged --------------------------------------------------------------
@@ -203,8 +190,8 @@ def test_a_forged_cache_entry_logs_nobody_in(gate: MasterHandle, mail_store: Mai
     appear in the cache and turns it into a success: by hand, or by copying the victim's own
     genuine entry over it."""
     victim = mail_store.account([message("private")])
-    assert logs_in(gate, loopback(), victim)  # the genuine entry
-    assert log_in(gate, loopback(), victim.address, "pk_guess_1") == WRONG
+    assert logs_in(gate, spare_loopback(), victim)  # the genuine entry
+    assert log_in(gate, spare_loopback(), victim.address, "pk_guess_1") == WRONG
     genuine = memcached.get("pop3d:auth:" + cache_key(SECRET, "pop3", victim.address, victim.key))
     guessed = "pop3d:auth:" + cache_key(SECRET, "pop3", victim.address, "pk_guess_1")
     assert genuine is not None
@@ -213,5 +200,5 @@ def test_a_forged_cache_entry_logs_nobody_in(gate: MasterHandle, mail_store: Mai
                    f'"address":"{victim.address}"}}').encode()
     for forged in (forged_json, genuine, genuine.replace(b'"ok":true', b'"ok":true ')):
         memcached.set(guessed, forged, 30)
-        assert log_in(gate, loopback(), victim.address, "pk_guess_1") == WRONG
-    assert logs_in(gate, loopback(), victim)
+        assert log_in(gate, spare_loopback(), victim.address, "pk_guess_1") == WRONG
+    assert logs_in(gate, spare_loopback(), victim)
